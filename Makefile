@@ -1,0 +1,54 @@
+# Two commands do all set-up on a fresh machine:
+#   make demo   install, then materialize the demo deployments' last 12 complete weeks into ./data
+#   make test   install, start a local PostgreSQL, run the tests
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# The local, embedded Dagster instance (SQLite under .dagster_home). The production
+# instance is ./dagster.yaml (PostgreSQL), which needs DAGSTER_PG_* variables.
+DAGSTER_HOME_LOCAL := $(CURDIR)/.dagster_home
+PG_USER ?= renku_metrics
+PG_PASSWORD ?= renku_metrics
+PG_DB ?= renku_metrics_test
+
+.PHONY: install demo dev test pg benchmark clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $@
+
+install: $(VENV)/.installed
+
+$(DAGSTER_HOME_LOCAL)/dagster.yaml:
+	mkdir -p $(DAGSTER_HOME_LOCAL)
+	printf 'telemetry:\n  enabled: false\n' > $@
+
+demo: install $(DAGSTER_HOME_LOCAL)/dagster.yaml
+	DAGSTER_HOME=$(DAGSTER_HOME_LOCAL) $(PY) -m renku_metrics.demo_run
+
+dev: install $(DAGSTER_HOME_LOCAL)/dagster.yaml
+	DAGSTER_HOME=$(DAGSTER_HOME_LOCAL) $(VENV)/bin/dagster dev -w workspace.yaml
+
+# Starts the machine's PostgreSQL cluster (Debian layout) and creates the test role
+# and database. Tests that need PostgreSQL fail, never skip, when it is missing.
+pg:
+	@if command -v pg_lsclusters >/dev/null 2>&1; then \
+	  ver=$$(pg_lsclusters -h | awk 'NR==1{print $$1}'); cl=$$(pg_lsclusters -h | awk 'NR==1{print $$2}'); \
+	  pg_ctlcluster $$ver $$cl start 2>/dev/null || true; \
+	  for i in 1 2 3 4 5 6 7 8 9 10; do pg_isready -q -h 127.0.0.1 && break; sleep 1; done; \
+	  su postgres -c "psql -qtAc \"SELECT 1 FROM pg_roles WHERE rolname='$(PG_USER)'\"" | grep -q 1 || \
+	    su postgres -c "psql -qc \"CREATE ROLE $(PG_USER) LOGIN SUPERUSER PASSWORD '$(PG_PASSWORD)'\""; \
+	  su postgres -c "psql -qtAc \"SELECT 1 FROM pg_database WHERE datname='$(PG_DB)'\"" | grep -q 1 || \
+	    su postgres -c "createdb -O $(PG_USER) $(PG_DB)"; \
+	else echo "PostgreSQL is not installed (apt-get install -y postgresql); tests that need it will fail"; fi
+
+test: install pg
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+benchmark: install
+	$(PY) -m renku_metrics_tests.benchmarks
+
+clean:
+	rm -rf data .dagster_home
