@@ -1,0 +1,10 @@
+"""renku-metrics: Renku product metrics as a Dagster code location.
+
+Notebook API (no Dagster needed)::
+
+    from renku_metrics import read_metrics, read_active_users, read_events
+"""
+
+from renku_metrics.readers import read_active_users, read_events, read_metrics
+
+__all__ = ["read_metrics", "read_active_users", "read_events"]

@@ -1,0 +1,285 @@
+"""Weekly and monthly aggregates: the active-users denominator and the core actions.
+
+Assets (each partitioned by period, every deployment in one partition, plus the
+``all`` rollup):
+
+* ``active_users_weekly`` / ``active_users_monthly``: distinct active users.
+* ``core_actions_weekly`` / ``core_actions_monthly``: per deployment and
+  catalog metric, distinct users, the period's active users (read from the
+  denominator asset of the same period) and ``pct``.
+
+Each period is one Parquet object under ``metrics/<asset>/period=YYYY-MM-DD/``,
+replaced whole on a rerun.
+"""
+
+
+import datetime as dt
+
+import pandas as pd
+import pyarrow as pa
+from dagster import (
+    AssetCheckResult,
+    AssetCheckSpec,
+    AssetDep,
+    AssetExecutionContext,
+    AssetKey,
+    AssetsDefinition,
+    BackfillPolicy,
+    DefaultScheduleStatus,
+    MaterializeResult,
+    MetadataValue,
+    TimeWindowPartitionMapping,
+    asset,
+    build_schedule_from_partitioned_job,
+    build_time_partition_freshness_checks,
+    define_asset_job,
+)
+
+from renku_metrics.aggregate import ALL_DEPLOYMENTS, PeriodAggregate, aggregate_period, period_bounds
+from renku_metrics.catalog import Catalog, metric_description
+from renku_metrics.config import MetricsConfig
+from renku_metrics.partitions import monthly_partitions, weekly_partitions
+from renku_metrics.raw_events import OWNERS, raw_events_key_of
+from renku_metrics.resources import MetricsStorageResource
+from renku_metrics.storage import Storage, metrics_key
+
+GROUP = "metrics"
+PERIODS = {"week": "weekly", "month": "monthly"}
+
+AGGREGATE_CHECKS = {
+    "users_within_active_users": ("Every metric's users are at most the period's active users.", True),
+    "pct_within_0_100": ("pct lies within 0..100, and is null only when nobody was active.", True),
+    "one_row_per_key": ("Exactly one row per deployment, period and metric.", True),
+    "deployments_present": (
+        "Every configured deployment measured in the period has a row; deployments with missing "
+        "days are explicitly marked incomplete.",
+        True,
+    ),
+}
+
+
+def active_users_name(period: str) -> str:
+    return f"active_users_{PERIODS[period]}"
+
+
+def core_actions_name(period: str) -> str:
+    return f"core_actions_{PERIODS[period]}"
+
+
+def check_aggregate(frame: pd.DataFrame, config: MetricsConfig, key_columns: list[str]) -> dict[str, tuple[bool, dict]]:
+    """Evaluate the blocking aggregate checks on one or more periods' rows (plain pandas)."""
+    out: dict[str, tuple[bool, dict]] = {}
+    if "users" in frame:
+        over = frame[frame["users"] > frame["active_users"]]
+        out["users_within_active_users"] = (over.empty, {"violating_rows": len(over)})
+        bad_pct = frame[
+            (frame["pct"].notna() & ((frame["pct"] < 0) | (frame["pct"] > 100)))
+            | (frame["pct"].isna() & (frame["active_users"] > 0))
+            | (frame["pct"].notna() & (frame["active_users"] == 0))
+        ]
+        out["pct_within_0_100"] = (bad_pct.empty, {"violating_rows": len(bad_pct)})
+    else:
+        negative = frame[frame["active_users"] < 0]
+        out["users_within_active_users"] = (negative.empty, {"violating_rows": len(negative)})
+        out["pct_within_0_100"] = (True, {"violating_rows": 0, "note": "denominator table has no pct"})
+    dupes = frame[frame.duplicated(subset=key_columns, keep=False)]
+    out["one_row_per_key"] = (dupes.empty, {"duplicate_rows": len(dupes)})
+    missing = []
+    for period_start, rows in frame.groupby("period_start"):
+        present = set(rows["deployment"])
+        period_end = rows["period_end"].iloc[0]
+        expected = {d.name for d in config.deployments if d.start_date < period_end} | {ALL_DEPLOYMENTS}
+        missing += [f"{period_start}: {name}" for name in sorted(expected - present)]
+    incomplete = frame.loc[~frame["complete"], ["period_start", "deployment", "coverage_note"]].drop_duplicates()
+    out["deployments_present"] = (
+        not missing,
+        {
+            "missing": MetadataValue.md("\n".join(f"- {m}" for m in missing) or "none"),
+            "incomplete_rows": MetadataValue.md(
+                "\n".join(f"- {r.period_start} {r.deployment}: {r.coverage_note}" for r in incomplete.itertuples())
+                or "none"
+            ),
+        },
+    )
+    return out
+
+
+def _periods(context: AssetExecutionContext, period: str) -> list[dt.date]:
+    window = context.partition_time_window
+    starts, day = [], window.start.date()
+    while day < window.end.date():
+        starts.append(day)
+        day = period_bounds(period, day)[1]
+    return starts
+
+
+def _to_table(frame: pd.DataFrame) -> pa.Table:
+    return pa.Table.from_pandas(frame, preserve_index=False)
+
+
+def _fmt_pct(value) -> str:
+    return "-" if pd.isna(value) else f"{value:.1f}%"
+
+
+def _markdown_core(frame: pd.DataFrame) -> str:
+    metrics = list(dict.fromkeys(frame["metric"]))
+    lines = ["| deployment | active | " + " | ".join(metrics) + " | complete |", "|" + " --- |" * (len(metrics) + 3)]
+    for deployment, rows in frame.groupby("deployment", sort=False):
+        by_metric = rows.set_index("metric")
+        cells = " | ".join(f"{int(by_metric.loc[m, 'users'])} ({_fmt_pct(by_metric.loc[m, 'pct'])})" for m in metrics)
+        complete = "yes" if rows["complete"].all() else "no: " + rows["coverage_note"].iloc[0]
+        lines.append(f"| {deployment} | {int(rows['active_users'].iloc[0])} | {cells} | {complete} |")
+    return "\n".join(lines)
+
+
+def _markdown_active(frame: pd.DataFrame) -> str:
+    lines = ["| deployment | active users | excluded users | days extracted | complete |", "| --- | --- | --- | --- | --- |"]
+    for r in frame.itertuples():
+        complete = "yes" if r.complete else f"no: {r.coverage_note}"
+        lines.append(f"| {r.deployment} | {r.active_users} | {r.excluded_users} | {r.days_extracted}/{r.days_expected} | {complete} |")
+    return "\n".join(lines)
+
+
+def _check_results(frame: pd.DataFrame, config: MetricsConfig, keys: list[str]) -> list[AssetCheckResult]:
+    return [
+        AssetCheckResult(check_name=name, passed=bool(passed), metadata=meta)
+        for name, (passed, meta) in check_aggregate(frame, config, keys).items()
+    ]
+
+
+def build_metric_assets(config: MetricsConfig, catalog: Catalog, period: str) -> list[AssetsDefinition]:
+    partitions = weekly_partitions(config.earliest_start) if period == "week" else monthly_partitions(config.earliest_start)
+    raw_deps = [
+        AssetDep(raw_events_key_of(d.name), partition_mapping=TimeWindowPartitionMapping(allow_nonexistent_upstream_partitions=True))
+        for d in config.deployments
+    ]
+    unit = "ISO week (Monday 00:00 UTC to Monday 00:00 UTC, key = the Monday)" if period == "week" else "calendar month in UTC (key = the 1st)"
+    active_key = AssetKey(active_users_name(period))
+    core_key = AssetKey(core_actions_name(period))
+    gaps = "\n".join(metric_description(m) for m in catalog.computed())
+
+    @asset(
+        key=active_key,
+        partitions_def=partitions,
+        deps=raw_deps,
+        backfill_policy=BackfillPolicy.single_run(),
+        group_name=GROUP,
+        owners=OWNERS,
+        kinds={"duckdb", "parquet"},
+        description=(
+            f"The denominator: distinct active users per deployment and {unit}, plus the `all` rollup. "
+            "Active = at least one event of any kind (login, commit, dataset creation, workflow run, session start), "
+            "after each deployment's excluded_users. Columns: deployment, period, period_start, period_end, "
+            "active_users, excluded_users, days_expected, days_extracted, complete, coverage_note, computed_at. "
+            "Cannot see: users whose only activity is invisible to every source (local CLI work never pushed, "
+            "local sessions); logins lost to Keycloak's event expiration (marked incomplete)."
+        ),
+        check_specs=[AssetCheckSpec(n, asset=active_key, description=t, blocking=b) for n, (t, b) in AGGREGATE_CHECKS.items()],
+    )
+    def active_users(context: AssetExecutionContext, metrics_storage: MetricsStorageResource) -> MaterializeResult:
+        storage = metrics_storage.get_storage()
+        frames = []
+        for start in _periods(context, period):
+            result = aggregate_period(storage, config.deployments, catalog, period, start, dt.datetime.now(dt.timezone.utc))
+            storage.write_parquet(metrics_key(active_key.path[-1], start), _to_table(result.active_users))
+            frames.append(result.active_users)
+        frame = pd.concat(frames, ignore_index=True)
+        last = frames[-1]
+        meta = {
+            "dagster/row_count": len(frame),
+            "dagster/uri": MetadataValue.path(storage.uri(metrics_key(active_key.path[-1], last["period_start"].iloc[0]))),
+            "periods": len(frames),
+            "table": MetadataValue.md(_markdown_active(last)),
+            "complete": bool(last["complete"].all()),
+        }
+        for r in last.itertuples():
+            meta[f"{r.deployment}/active_users"] = int(r.active_users)
+        return MaterializeResult(metadata=meta, check_results=_check_results(frame, config, ["deployment", "period_start"]))
+
+    @asset(
+        key=core_key,
+        partitions_def=partitions,
+        deps=[*raw_deps, AssetDep(active_key)],
+        backfill_policy=BackfillPolicy.single_run(),
+        group_name=GROUP,
+        owners=OWNERS,
+        kinds={"duckdb", "parquet"},
+        description=(
+            f"Core-action metrics per deployment, catalog metric and {unit}, plus the `all` rollup: distinct users "
+            "who did the action at least once (`users`), the period's active users (from "
+            f"`{active_key.path[-1]}`) and `pct` = 100 * users / active users (null when nobody was active). "
+            "`complete` is false until the period has ended and all its days were extracted in full; never "
+            "present incomplete rows as final.\n\nMetrics and what they cannot see:\n" + gaps
+        ),
+        check_specs=[AssetCheckSpec(n, asset=core_key, description=t, blocking=b) for n, (t, b) in AGGREGATE_CHECKS.items()],
+    )
+    def core_actions(context: AssetExecutionContext, metrics_storage: MetricsStorageResource) -> MaterializeResult:
+        storage = metrics_storage.get_storage()
+        frames = []
+        for start in _periods(context, period):
+            result = aggregate_period(storage, config.deployments, catalog, period, start, dt.datetime.now(dt.timezone.utc))
+            frame = join_denominator(storage, result, active_key.path[-1], start)
+            storage.write_parquet(metrics_key(core_key.path[-1], start), _to_table(frame))
+            frames.append(frame)
+        frame = pd.concat(frames, ignore_index=True)
+        last = frames[-1]
+        meta = {
+            "dagster/row_count": len(frame),
+            "dagster/uri": MetadataValue.path(storage.uri(metrics_key(core_key.path[-1], last["period_start"].iloc[0]))),
+            "periods": len(frames),
+            "table": MetadataValue.md(_markdown_core(last)),
+            "complete": bool(last["complete"].all()),
+        }
+        for r in last.itertuples():
+            meta[f"{r.deployment}/{r.metric}/users"] = int(r.users)
+            if not pd.isna(r.pct):
+                meta[f"{r.deployment}/{r.metric}/pct"] = float(r.pct)
+        return MaterializeResult(
+            metadata=meta, check_results=_check_results(frame, config, ["deployment", "period_start", "metric"])
+        )
+
+    return [active_users, core_actions]
+
+
+def join_denominator(storage: Storage, result: PeriodAggregate, active_table: str, start: dt.date) -> pd.DataFrame:
+    """Core-action rows with active users and pct taken from the stored denominator of the period."""
+    key = metrics_key(active_table, start)
+    if not storage.exists(key):
+        raise RuntimeError(f"{storage.uri(key)} is missing: materialize {active_table} for {start} first")
+    denominator = storage.read_parquet(key).to_pandas()[["deployment", "active_users", "complete", "coverage_note"]]
+    core = result.core_actions.drop(columns=["active_users", "complete", "coverage_note"]).merge(
+        denominator, on="deployment", how="left", validate="many_to_one"
+    )
+    if core["active_users"].isna().any():
+        missing = sorted(core.loc[core["active_users"].isna(), "deployment"].unique())
+        raise RuntimeError(f"{storage.uri(key)} has no row for deployment(s) {missing}: rematerialize {active_table}")
+    core["active_users"] = core["active_users"].astype("int64")
+    core["pct"] = (100.0 * core["users"] / core["active_users"]).where(core["active_users"] > 0).round(2)
+    columns = ["deployment", "period", "period_start", "period_end", "metric", "title", "status", "users",
+               "active_users", "pct", "complete", "coverage_note", "computed_at"]
+    return core[columns]
+
+
+def build_period_job_and_schedule(config: MetricsConfig, period: str, assets: list[AssetsDefinition]):
+    """Weekly: Mondays 04:00 UTC for the week just ended. Monthly: the 1st, 05:00 UTC."""
+    partitions = weekly_partitions(config.earliest_start) if period == "week" else monthly_partitions(config.earliest_start)
+    name = f"{PERIODS[period]}_metrics"
+    job = define_asset_job(
+        name=name,
+        selection=[a.key for a in assets],
+        partitions_def=partitions,
+        description=f"Aggregate the {PERIODS[period]} metrics of the period just ended.",
+    )
+    schedule = build_schedule_from_partitioned_job(
+        job,
+        name=f"{name}_schedule",
+        hour_of_day=4 if period == "week" else 5,
+        minute_of_hour=0,
+        default_status=DefaultScheduleStatus.RUNNING,
+    )
+    return job, schedule
+
+
+def build_weekly_freshness_checks(keys: list[AssetKey]):
+    """The last complete week must be aggregated by Tuesday 00:00 UTC."""
+    return build_time_partition_freshness_checks(assets=keys, deadline_cron="0 0 * * 2", timezone="UTC")

@@ -1,0 +1,29 @@
+"""The partitions, defined once: UTC days per deployment, ISO weeks, calendar months.
+
+Weeks start on Monday 00:00 UTC (``day_offset=1``; Dagster's default would be
+Sunday) and are keyed by that Monday; months are keyed by their 1st. Every
+definition uses the same timezone, as partition mappings require.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from dagster import DailyPartitionsDefinition, MonthlyPartitionsDefinition, WeeklyPartitionsDefinition
+
+TIMEZONE = "UTC"
+
+
+def daily_partitions(start: dt.date) -> DailyPartitionsDefinition:
+    return DailyPartitionsDefinition(start_date=start.isoformat(), timezone=TIMEZONE)
+
+
+def weekly_partitions(start: dt.date) -> WeeklyPartitionsDefinition:
+    """ISO weeks; the first is the week containing ``start``."""
+    monday = start - dt.timedelta(days=start.weekday())
+    return WeeklyPartitionsDefinition(start_date=monday.isoformat(), day_offset=1, timezone=TIMEZONE)
+
+
+def monthly_partitions(start: dt.date) -> MonthlyPartitionsDefinition:
+    """Calendar months; the first is the month containing ``start``."""
+    return MonthlyPartitionsDefinition(start_date=start.replace(day=1).isoformat(), timezone=TIMEZONE)

@@ -1,0 +1,233 @@
+"""Per-deployment raw event extracts: assets, checks and daily schedules.
+
+One daily-partitioned asset per deployment, key ``[<deployment>, "raw_events"]``.
+Each UTC day is its own Parquet object; rerunning a day replaces it. A
+single-run backfill policy makes a year's backfill one run that loops over the
+days (Dagster cannot attach per-partition metadata in such a run: its metadata
+summarises the range, and each day's exact figures are in its manifest).
+"""
+
+
+import datetime as dt
+import os
+
+import duckdb
+from dagster import (
+    AssetCheckResult,
+    AssetCheckSeverity,
+    AssetCheckSpec,
+    AssetExecutionContext,
+    AssetKey,
+    AssetsDefinition,
+    BackfillPolicy,
+    DefaultScheduleStatus,
+    MaterializeResult,
+    MetadataValue,
+    asset,
+    build_last_update_freshness_checks,
+    build_schedule_from_partitioned_job,
+    define_asset_job,
+)
+
+from renku_metrics.config import Deployment
+from renku_metrics.events import ACTIONS
+from renku_metrics.extract import DayExtract, extract_day
+from renku_metrics.partitions import daily_partitions
+from renku_metrics.resources import MetricsStorageResource
+from renku_metrics.storage import Storage, raw_events_key
+
+GROUP = "raw_events"
+OWNERS = ["team:renku-product"]
+FRESHNESS = dt.timedelta(hours=36)
+
+# Checks run over the stored Parquet of each day just written. Blocking ones
+# stop the aggregates in the same run when the raw data would make them wrong.
+RAW_EVENT_CHECKS = {
+    "user_ids_present": ("Every event has a well-formed pseudonymous user id.", True),
+    "timestamps_within_day": ("Every event's occurred_at lies inside its partition's UTC day.", True),
+    "unique_event_ids": ("No event id appears twice within a day.", True),
+    "no_personal_data": ("No column holds anything that looks like an email or IP address.", True),
+    "source_coverage": (
+        "Every source read its whole window (e.g. Keycloak events not yet expired). "
+        "A gap here is missing data, not a drop in usage.",
+        False,
+    ),
+}
+
+_PERSONAL = r"[^@\s]+@[^@\s]+\.[^@\s]+|^\d{1,3}(\.\d{1,3}){3}$|^[0-9a-fA-F]*:[0-9a-fA-F:]*:[0-9a-fA-F:]*$"
+_TEXT_COLUMNS = ("event_id", "deployment", "user_id", "action", "project_id", "project_visibility", "source")
+
+# Each query counts the violating rows of one day's file ($path) for day $day.
+_CHECK_SQL = {
+    "user_ids_present": (
+        "SELECT count(*) FROM read_parquet($path) "
+        "WHERE user_id IS NULL OR NOT regexp_full_match(user_id, '([0-9a-f]{32}|gitlab:[0-9]+)')"
+    ),
+    "timestamps_within_day": (
+        "SELECT count(*) FROM read_parquet($path) "
+        "WHERE occurred_at < CAST($day AS DATE)::TIMESTAMP AT TIME ZONE 'UTC' "
+        "OR occurred_at >= (CAST($day AS DATE) + 1)::TIMESTAMP AT TIME ZONE 'UTC'"
+    ),
+    "unique_event_ids": (
+        "SELECT count(*) FROM (SELECT event_id FROM read_parquet($path) GROUP BY event_id HAVING count(*) > 1)"
+    ),
+    "no_personal_data": "SELECT count(*) FROM read_parquet($path) WHERE "
+    + " OR ".join(f"regexp_matches(coalesce({col}, ''), $personal)" for col in _TEXT_COLUMNS),
+}
+
+
+def count_violations(storage: Storage, keys: list[str]) -> dict[str, int]:
+    """Rows breaking each blocking raw-event check, summed over the given day objects."""
+    totals = {name: 0 for name in _CHECK_SQL}
+    if not keys:
+        return totals
+    con = duckdb.connect()
+    try:
+        with storage.local_paths(keys) as paths:
+            for key, path in zip(keys, paths):
+                day = key.split("date=")[1][:10]
+                for name, sql in _CHECK_SQL.items():
+                    params = {"path": path}
+                    if "$day" in sql:
+                        params["day"] = day
+                    if "$personal" in sql:
+                        params["personal"] = _PERSONAL
+                    totals[name] += int(con.execute(sql, params).fetchone()[0])
+    finally:
+        con.close()
+    return totals
+
+
+def raw_events_key_of(deployment: str) -> AssetKey:
+    return AssetKey([deployment, "raw_events"])
+
+
+def _description(deployment: Deployment) -> str:
+    sources = ", ".join(deployment.sources)
+    return (
+        f"Canonical events of deployment **{deployment.name}**, one Parquet object per UTC day "
+        f"(`raw_events/deployment={deployment.name}/date=YYYY-MM-DD/events.parquet`), extracted from: {sources}. "
+        "Columns: event_id, deployment, occurred_at, user_id (md5 of the Keycloak id), action "
+        f"({', '.join(ACTIONS)}), project_id, project_visibility, source. Records failing validation are "
+        "kept aside under `rejected/` and counted in the metadata. "
+        "Cannot see: anything a source cannot see (see the metric catalog), e.g. local `renku session start`; "
+        "days whose upstream events had already expired are marked incomplete by the source_coverage check."
+    )
+
+
+def _metadata(storage: Storage, deployment: Deployment, extracts: list[DayExtract]) -> dict:
+    rows = sum(e.row_count for e in extracts)
+    rejected = sum(e.rejected_count for e in extracts)
+    last = extracts[-1]
+    table = ["| day | events | users | " + " | ".join(ACTIONS) + " | rejected | complete |", "|" + " --- |" * (len(ACTIONS) + 5)]
+    for e in extracts[-31:]:
+        counts = " | ".join(str(e.by_action.get(a, 0)) for a in ACTIONS)
+        table.append(f"| {e.day} | {e.row_count} | {e.users} | {counts} | {e.rejected_count} | {'yes' if e.complete else 'NO'} |")
+    if len(extracts) > 31:
+        table.append(f"| ... {len(extracts) - 31} earlier days in this run |")
+    meta = {
+        "dagster/row_count": rows,
+        "dagster/uri": MetadataValue.path(last.events_uri if len(extracts) == 1 else storage.uri(f"raw_events/deployment={deployment.name}/")),
+        "days": len(extracts),
+        "rejected_records": rejected,
+        "incomplete_days": sum(1 for e in extracts if not e.complete),
+        "users": last.users,
+        "summary": MetadataValue.md("\n".join(table)),
+    }
+    for action in ACTIONS:
+        meta[f"events_{action}"] = sum(e.by_action.get(action, 0) for e in extracts)
+    stats: dict[str, float] = {}
+    for e in extracts:
+        for source, info in e.sources.items():
+            for key, value in info.get("stats", {}).items():
+                if isinstance(value, (int, float)) and not isinstance(value, bool):
+                    stats[f"{source}/{key}"] = stats.get(f"{source}/{key}", 0) + value
+    meta.update(stats)
+    if rejected:
+        meta["rejected_uri"] = MetadataValue.path(storage.uri(f"rejected/deployment={deployment.name}/"))
+    gaps = [f"{e.day}: {note}" for e in extracts for note in e.incomplete]
+    if gaps:
+        meta["coverage_gaps"] = MetadataValue.md("\n".join(f"- {g}" for g in gaps[:50]))
+    return meta
+
+
+def build_raw_events_asset(deployment: Deployment) -> AssetsDefinition:
+    key = raw_events_key_of(deployment.name)
+    specs = [
+        AssetCheckSpec(name, asset=key, description=text, blocking=blocking)
+        for name, (text, blocking) in RAW_EVENT_CHECKS.items()
+    ]
+
+    @asset(
+        key=key,
+        partitions_def=daily_partitions(deployment.start_date),
+        backfill_policy=BackfillPolicy.single_run(),
+        group_name=GROUP,
+        owners=OWNERS,
+        kinds={"python", "parquet"},
+        description=_description(deployment),
+        metadata={"deployment": deployment.name, "sources": ", ".join(deployment.sources)},
+        check_specs=specs,
+        tags={"deployment": deployment.name},
+    )
+    def raw_events(context: AssetExecutionContext, metrics_storage: MetricsStorageResource) -> MaterializeResult:
+        storage = metrics_storage.get_storage()
+        window = context.partition_time_window
+        day = window.start.date()
+        extracts = []
+        while day < window.end.date():
+            extract = extract_day(storage, deployment, day, env=os.environ)
+            context.log.info(
+                "%s %s: %d events, %d rejected%s", deployment.name, day, extract.row_count, extract.rejected_count,
+                "" if extract.complete else f", INCOMPLETE ({'; '.join(extract.incomplete)})",
+            )
+            extracts.append(extract)
+            day += dt.timedelta(days=1)
+        keys = [raw_events_key(deployment.name, e.day) for e in extracts]
+        violations = count_violations(storage, keys)
+        results = [
+            AssetCheckResult(
+                check_name=name,
+                passed=violations[name] == 0,
+                metadata={"violating_rows": violations[name]},
+            )
+            for name in _CHECK_SQL
+        ]
+        gaps = [f"{e.day}: {note}" for e in extracts for note in e.incomplete]
+        results.append(
+            AssetCheckResult(
+                check_name="source_coverage",
+                passed=not gaps,
+                severity=AssetCheckSeverity.WARN,
+                metadata={
+                    "incomplete_days": len({e.day for e in extracts if not e.complete}),
+                    "gaps": MetadataValue.md("\n".join(f"- {g}" for g in gaps[:50]) or "none"),
+                },
+            )
+        )
+        return MaterializeResult(metadata=_metadata(storage, deployment, extracts), check_results=results)
+
+    return raw_events
+
+
+def build_raw_events_freshness_checks(keys: list[AssetKey]):
+    """Warn when a deployment's latest extract is older than 36 hours."""
+    return build_last_update_freshness_checks(assets=keys, lower_bound_delta=FRESHNESS)
+
+
+def build_daily_extract_schedule(deployment: Deployment, asset_def: AssetsDefinition):
+    """Every day at 01:30 UTC, extract the previous UTC day of one deployment."""
+    job = define_asset_job(
+        name=f"{deployment.name}_daily_extract",
+        selection=[asset_def.key],
+        partitions_def=daily_partitions(deployment.start_date),
+        description=f"Extract one UTC day of deployment {deployment.name}.",
+    )
+    schedule = build_schedule_from_partitioned_job(
+        job,
+        name=f"{deployment.name}_daily_extract_schedule",
+        hour_of_day=1,
+        minute_of_hour=30,
+        default_status=DefaultScheduleStatus.RUNNING,
+    )
+    return job, schedule

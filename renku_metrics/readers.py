@@ -1,0 +1,95 @@
+"""Notebook access to the stored metrics: plain pandas DataFrames, no Dagster.
+
+``storage`` is a local directory or ``s3://bucket/prefix``; by default
+$RENKU_METRICS_STORAGE, then ``./data``. On S3, credentials come from the
+standard AWS variables and files, and $AWS_ENDPOINT_URL selects an
+S3-compatible store.
+
+Rows whose ``complete`` is false belong to a period that has not ended, or whose
+days were not all extracted in full: they are provisional, not final. Pass
+``complete_only=True`` to leave them out.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import duckdb
+import pandas as pd
+
+from renku_metrics.storage import Storage, metrics_prefix, open_storage
+
+_PERIOD_SUFFIX = {"week": "weekly", "month": "monthly"}
+
+
+def _storage(storage: Storage | str | None) -> Storage:
+    return storage if isinstance(storage, Storage) else open_storage(storage)
+
+
+def _read_parquet_tree(store: Storage, prefix: str) -> pd.DataFrame:
+    keys = [k for k in store.list_keys(prefix) if k.endswith(".parquet")]
+    if not keys:
+        return pd.DataFrame()
+    with store.local_paths(keys) as paths:
+        con = duckdb.connect()
+        try:
+            return con.read_parquet(paths, union_by_name=True).df()
+        finally:
+            con.close()
+
+
+def _table(name: str, period: str, storage: Any, complete_only: bool, sort: list[str]) -> pd.DataFrame:
+    if period not in _PERIOD_SUFFIX:
+        raise ValueError(f"period must be 'week' or 'month', got {period!r}")
+    frame = _read_parquet_tree(_storage(storage), metrics_prefix(f"{name}_{_PERIOD_SUFFIX[period]}"))
+    if frame.empty:
+        return frame
+    if complete_only:
+        frame = frame[frame["complete"]]
+    for col in ("period_start", "period_end"):
+        frame[col] = pd.to_datetime(frame[col]).dt.date
+    return frame.sort_values(sort, kind="stable").reset_index(drop=True)
+
+
+def read_metrics(period: str = "week", storage: Storage | str | None = None, complete_only: bool = False) -> pd.DataFrame:
+    """Core-action metrics: deployment, period, period_start, period_end, metric, title, status,
+    users, active_users, pct, complete, coverage_note, computed_at."""
+    return _table("core_actions", period, storage, complete_only, ["period_start", "deployment", "metric"])
+
+
+def read_active_users(period: str = "week", storage: Storage | str | None = None, complete_only: bool = False) -> pd.DataFrame:
+    """The denominator: deployment, period, period_start, period_end, active_users, excluded_users,
+    days_expected, days_extracted, complete, coverage_note, computed_at."""
+    return _table("active_users", period, storage, complete_only, ["period_start", "deployment"])
+
+
+def read_events(
+    deployment: str | None = None,
+    start: dt.date | str | None = None,
+    end: dt.date | str | None = None,
+    storage: Storage | str | None = None,
+) -> pd.DataFrame:
+    """Raw canonical events, optionally of one deployment and the UTC days [start, end)."""
+    store = _storage(storage)
+    prefix = f"raw_events/deployment={deployment}/" if deployment else "raw_events/"
+    start_d = dt.date.fromisoformat(str(start)) if start else None
+    end_d = dt.date.fromisoformat(str(end)) if end else None
+    keys = []
+    for key in store.list_keys(prefix):
+        if not key.endswith("events.parquet"):
+            continue
+        day = dt.date.fromisoformat(key.split("date=")[1][:10])
+        if (start_d and day < start_d) or (end_d and day >= end_d):
+            continue
+        keys.append(key)
+    if not keys:
+        from renku_metrics.events import EVENT_SCHEMA
+
+        return EVENT_SCHEMA.empty_table().to_pandas()
+    with store.local_paths(keys) as paths:
+        con = duckdb.connect()
+        try:
+            return con.execute("SELECT * FROM read_parquet($paths) ORDER BY occurred_at, event_id", {"paths": paths}).df()
+        finally:
+            con.close()
