@@ -25,7 +25,8 @@ OPS = (">=", "<=")
 GENERATIONS = ("renku1", "renku2")
 _ID = re.compile(r"^[a-z][a-z0-9_]*$")
 _FIELDS = {"id", "title", "description", "actions", "owner", "status", "sources", "known_gaps", "targets"}
-_TARGET_FIELDS = {"measure", "period", "op", "value", "by"}
+_TARGET_FIELDS = {"measure", "period", "op", "value", "by", "deployment"}
+_TARGET_REQUIRED = {"measure", "period", "op", "value", "by"}
 
 
 class CatalogError(ValueError):
@@ -39,10 +40,15 @@ class Target:
     op: str  # >= | <=
     value: float
     by: dt.date
+    deployment: str = "all"  # a deployment name, or "all" for the cross-deployment rollup
+
+    @property
+    def check_name(self) -> str:
+        return f"target_{self.measure}_{'ge' if self.op == '>=' else 'le'}_{self.value:g}".replace(".", "_")
 
     def describe(self) -> str:
         unit = "% of active users" if self.measure == "pct" else " users"
-        return f"{self.measure} {self.op} {self.value:g}{unit if self.measure == 'pct' else unit} per {self.period}, by {self.by.isoformat()}"
+        return f"{self.deployment}: {self.measure} {self.op} {self.value:g}{unit} per {self.period}, by {self.by.isoformat()}"
 
     def met_by(self, value: float | None) -> bool | None:
         if value is None:
@@ -96,7 +102,7 @@ def _target(raw: Any, where: str) -> Target:
     unknown = sorted(set(raw) - _TARGET_FIELDS)
     if unknown:
         raise CatalogError(f"{where}: unknown field {unknown[0]!r}")
-    missing = sorted(_TARGET_FIELDS - set(raw))
+    missing = sorted(_TARGET_REQUIRED - set(raw))
     if missing:
         raise CatalogError(f"{where}: missing field {missing[0]!r}")
     for key, allowed in (("measure", MEASURES), ("period", PERIODS), ("op", OPS)):
@@ -113,7 +119,10 @@ def _target(raw: Any, where: str) -> Target:
             by = dt.date.fromisoformat(str(by))
         except ValueError:
             raise CatalogError(f"{where}: field 'by' must be a date YYYY-MM-DD, got {by!r}") from None
-    return Target(raw["measure"], raw["period"], raw["op"], float(value), by)
+    deployment = raw.get("deployment", "all")
+    if not isinstance(deployment, str) or not deployment:
+        raise CatalogError(f"{where}: field 'deployment' must be a deployment name or 'all', got {deployment!r}")
+    return Target(raw["measure"], raw["period"], raw["op"], float(value), by, deployment)
 
 
 def parse_catalog(raw: Any, path: str) -> Catalog:

@@ -19,6 +19,7 @@ import pandas as pd
 import pyarrow as pa
 from dagster import (
     AssetCheckResult,
+    AssetCheckSeverity,
     AssetCheckSpec,
     AssetDep,
     AssetExecutionContext,
@@ -36,7 +37,7 @@ from dagster import (
 )
 
 from renku_metrics.aggregate import ALL_DEPLOYMENTS, PeriodAggregate, aggregate_period, period_bounds
-from renku_metrics.catalog import Catalog, metric_description
+from renku_metrics.catalog import Catalog, Metric, Target, metric_description
 from renku_metrics.config import MetricsConfig
 from renku_metrics.partitions import monthly_partitions, weekly_partitions
 from renku_metrics.raw_events import OWNERS, raw_events_key_of
@@ -104,6 +105,46 @@ def check_aggregate(frame: pd.DataFrame, config: MetricsConfig, key_columns: lis
     return out
 
 
+def target_checks(catalog: Catalog, period: str) -> list[tuple[str, Metric, Target]]:
+    """(check name, metric, target) of every catalog target on this period."""
+    out = []
+    for metric in catalog.computed():
+        for target in metric.targets:
+            if target.period == period:
+                out.append((f"target_{metric.id}_{target.deployment}_{target.check_name[len('target_'):]}", metric, target))
+    return out
+
+
+def evaluate_target(
+    check_name: str, frame: pd.DataFrame, metric: Metric, target: Target, today: dt.date
+) -> AssetCheckResult:
+    """Warning check: is the target met in the latest period of ``frame``?"""
+    rows = frame[(frame["metric"] == metric.id) & (frame["deployment"] == target.deployment)]
+    meta = {"target": target.describe(), "deadline": target.by.isoformat()}
+    if rows.empty:
+        return AssetCheckResult(
+            check_name=check_name, passed=False, severity=AssetCheckSeverity.WARN,
+            metadata={**meta, "status": f"no row for deployment {target.deployment!r}"},
+        )
+    row = rows.sort_values("period_start").iloc[-1]
+    value = None if pd.isna(row[target.measure]) else float(row[target.measure])
+    met = target.met_by(value)
+    status = "met" if met else "not met"
+    if not row["complete"]:
+        status += " (period incomplete: provisional)"
+    if not met and today > target.by:
+        status += "; deadline passed"
+    meta.update(
+        {
+            "value": value if value is not None else MetadataValue.null(),
+            "threshold": target.value,
+            "period_start": str(row["period_start"]),
+            "status": status,
+        }
+    )
+    return AssetCheckResult(check_name=check_name, passed=bool(met), severity=AssetCheckSeverity.WARN, metadata=meta)
+
+
 def _periods(context: AssetExecutionContext, period: str) -> list[dt.date]:
     window = context.partition_time_window
     starts, day = [], window.start.date()
@@ -157,6 +198,7 @@ def build_metric_assets(config: MetricsConfig, catalog: Catalog, period: str) ->
     active_key = AssetKey(active_users_name(period))
     core_key = AssetKey(core_actions_name(period))
     gaps = "\n".join(metric_description(m) for m in catalog.computed())
+    targets = target_checks(catalog, period)
 
     @asset(
         key=active_key,
@@ -211,7 +253,11 @@ def build_metric_assets(config: MetricsConfig, catalog: Catalog, period: str) ->
             "`complete` is false until the period has ended and all its days were extracted in full; never "
             "present incomplete rows as final.\n\nMetrics and what they cannot see:\n" + gaps
         ),
-        check_specs=[AssetCheckSpec(n, asset=core_key, description=t, blocking=b) for n, (t, b) in AGGREGATE_CHECKS.items()],
+        check_specs=[AssetCheckSpec(n, asset=core_key, description=t, blocking=b) for n, (t, b) in AGGREGATE_CHECKS.items()]
+        + [
+            AssetCheckSpec(name, asset=core_key, description=f"Target of {metric.id}: {target.describe()} (warning only).")
+            for name, metric, target in targets
+        ],
     )
     def core_actions(context: AssetExecutionContext, metrics_storage: MetricsStorageResource) -> MaterializeResult:
         storage = metrics_storage.get_storage()
@@ -234,9 +280,11 @@ def build_metric_assets(config: MetricsConfig, catalog: Catalog, period: str) ->
             meta[f"{r.deployment}/{r.metric}/users"] = int(r.users)
             if not pd.isna(r.pct):
                 meta[f"{r.deployment}/{r.metric}/pct"] = float(r.pct)
-        return MaterializeResult(
-            metadata=meta, check_results=_check_results(frame, config, ["deployment", "period_start", "metric"])
-        )
+        checks = _check_results(frame, config, ["deployment", "period_start", "metric"])
+        today = dt.datetime.now(dt.timezone.utc).date()
+        for name, metric, target in targets:
+            checks.append(evaluate_target(name, frame, metric, target, today))
+        return MaterializeResult(metadata=meta, check_results=checks)
 
     return [active_users, core_actions]
 
