@@ -109,3 +109,12 @@ def postgres_db(postgres_server):
     yield params
     admin.cursor().execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     admin.close()
+
+
+@pytest.fixture
+def fixture_source(monkeypatch):
+    """Registers the hand-built-records source type ``fixture`` for one test."""
+    from renku_metrics import sources
+
+    monkeypatch.setitem(sources.SOURCE_MODULES, "fixture", "renku_metrics_tests.fixture_source")
+    return "fixture"
