@@ -1,0 +1,230 @@
+"""A Keycloak simulator: client-credentials tokens and the admin events API.
+
+Behaviour (SOURCES.md, and Keycloak's RealmAdminResource/JpaEventQuery):
+
+* ``POST {base}/realms/{realm}/protocol/openid-connect/token`` with
+  ``grant_type=client_credentials`` and the client id and secret (form fields
+  or HTTP Basic) returns ``access_token`` and ``expires_in``. Tokens expire
+  after ``token_lifetime_seconds`` of real time, or all at once when
+  ``revoke_tokens()`` is called or after ``expire_tokens_after_requests``
+  authenticated requests (to exercise expiry mid-extract without waiting).
+* ``GET {base}/admin/realms/{realm}/events`` needs a valid bearer token (401
+  otherwise) with the ``view-events`` role (403 otherwise). Filters: ``type``
+  (may repeat), ``client``, ``user``, ``dateFrom``, ``dateTo``; paging by
+  ``first`` (offset) and ``max`` (default 100). Results are newest first.
+  ``dateFrom``/``dateTo`` are whole days parsed to midnight (the server runs on
+  UTC here), and as in Keycloak's JPA store both compare inclusively against
+  that midnight: ``dateFrom=D`` keeps time >= D 00:00, ``dateTo=D`` keeps
+  time <= D 00:00:00.000 (so nearly all of day D is *excluded*). Digits are
+  taken as epoch milliseconds, as newer releases accept.
+* Retention: with ``events_expiration_seconds`` set, events older than
+  ``now() - expiration`` are deleted before every query (Renku's realm setup
+  uses 86400 s).
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import itertools
+import re
+import secrets
+import time
+import uuid
+from typing import Any, Callable
+from urllib.parse import unquote
+
+from renku_metrics_tests.simulators import UTC, Request, Response, SimulatorServer
+
+EPOCH = dt.datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def to_ms(moment: dt.datetime | int) -> int:
+    if isinstance(moment, int):
+        return moment
+    return (moment - EPOCH) // dt.timedelta(milliseconds=1)
+
+
+class KeycloakSimulator(SimulatorServer):
+    def __init__(
+        self,
+        realm: str = "Renku",
+        client_id: str = "renku-metrics",
+        client_secret: str = "kc-client-secret-0123456789",
+        base_path: str = "",
+        token_lifetime_seconds: int = 300,
+        events_expiration_seconds: int | None = None,
+        now: Callable[[], dt.datetime] | None = None,
+        roles: tuple[str, ...] = ("view-events", "view-users"),
+    ) -> None:
+        super().__init__()
+        self.realm = realm
+        self.client_id = client_id
+        self.client_secret = client_secret
+        self.base_path = base_path.rstrip("/")
+        self.token_lifetime_seconds = token_lifetime_seconds
+        self.events_expiration_seconds = events_expiration_seconds
+        self.now = now or (lambda: dt.datetime.now(UTC))
+        self.roles = roles
+        self.events: list[dict[str, Any]] = []
+        self.tokens: dict[str, float] = {}  # token -> expiry (monotonic)
+        self.tokens_issued = 0
+        self.unauthorized_responses = 0
+        self.expire_tokens_after_requests: int | None = None
+        self._authenticated_requests = 0
+        self._seq = itertools.count()
+
+    @property
+    def base_url(self) -> str:
+        return self.url + self.base_path
+
+    # -- data ------------------------------------------------------------------
+
+    def add_event(
+        self,
+        time: dt.datetime | int,
+        user_id: str | None,
+        *,
+        type: str = "LOGIN",
+        session_id: str | None = None,
+        client_id: str = "renku",
+        ip_address: str = "192.0.2.17",
+        username: str = "jane.doe@example.org",
+        error: str | None = None,
+        drop: tuple[str, ...] = (),
+    ) -> dict[str, Any]:
+        """Store an event record as Keycloak returns it; ``drop`` removes keys (malformed records)."""
+        record: dict[str, Any] = {
+            "time": to_ms(time),
+            "type": type,
+            "realmId": "realm-" + self.realm.lower(),
+            "clientId": client_id,
+            "userId": user_id,
+            "sessionId": session_id or str(uuid.uuid4()),
+            "ipAddress": ip_address,
+            "error": error,
+            "details": {
+                "auth_method": "openid-connect",
+                "redirect_uri": "https://renku.example.org/",
+                "code_id": str(uuid.uuid4()),
+                "username": username,
+            },
+        }
+        for key in drop:
+            record.pop(key, None)
+        record["_seq"] = next(self._seq)  # insertion order, for stable sorting of equal times
+        self.events.append(record)
+        return record
+
+    def add_login(self, time: dt.datetime | int, user_id: str, **kwargs: Any) -> dict[str, Any]:
+        return self.add_event(time, user_id, type="LOGIN", **kwargs)
+
+    def revoke_tokens(self) -> None:
+        """Every issued token becomes invalid (as if it had expired)."""
+        self.tokens.clear()
+
+    # -- routes ----------------------------------------------------------------
+
+    def route(self, request: Request) -> Response:
+        prefix = self.base_path
+        token_path = f"{prefix}/realms/{self.realm}/protocol/openid-connect/token"
+        events_path = f"{prefix}/admin/realms/{self.realm}/events"
+        if request.path == token_path and request.method == "POST":
+            return self._token(request)
+        if request.path == events_path and request.method == "GET":
+            return self._events(request)
+        if re.fullmatch(rf"{re.escape(prefix)}/(admin/)?realms/[^/]+(/.*)?", request.path):
+            return Response.json({"error": "Realm not found."}, status=404)
+        return Response.json({"error": "RESTEASY003210: Could not find resource"}, status=404)
+
+    def _token(self, request: Request) -> Response:
+        form = request.form()
+        client_id, client_secret = form.get("client_id"), form.get("client_secret")
+        basic = request.header("Authorization")
+        if basic and basic.startswith("Basic "):
+            decoded = base64.b64decode(basic[6:]).decode("utf-8")
+            client_id, _, client_secret = decoded.partition(":")
+            client_id, client_secret = unquote(client_id), unquote(client_secret)
+        if form.get("grant_type") != "client_credentials":
+            return Response.json({"error": "unsupported_grant_type"}, status=400)
+        if client_id != self.client_id or client_secret != self.client_secret:
+            return Response.json(
+                {"error": "unauthorized_client", "error_description": "Invalid client or Invalid client credentials"},
+                status=401,
+            )
+        token = secrets.token_urlsafe(24)
+        self.tokens[token] = time.monotonic() + self.token_lifetime_seconds
+        self.tokens_issued += 1
+        return Response.json(
+            {
+                "access_token": token,
+                "expires_in": self.token_lifetime_seconds,
+                "refresh_expires_in": 0,
+                "token_type": "Bearer",
+                "not-before-policy": 0,
+                "scope": "profile email",
+            }
+        )
+
+    def _authorized(self, request: Request) -> Response | None:
+        header = request.header("Authorization") or ""
+        token = header[7:] if header.startswith("Bearer ") else ""
+        expiry = self.tokens.get(token)
+        if expiry is None or expiry <= time.monotonic():
+            self.tokens.pop(token, None)
+            self.unauthorized_responses += 1
+            return Response.json({"error": "HTTP 401 Unauthorized"}, status=401)
+        if "view-events" not in self.roles:
+            return Response.json({"error": "unknown_error"}, status=403)
+        self._authenticated_requests += 1
+        limit = self.expire_tokens_after_requests
+        if limit is not None and self._authenticated_requests % limit == 0:
+            # This request still succeeds; the token is dead for the next one.
+            self.tokens.pop(token, None)
+        return None
+
+    def _purge_expired(self) -> None:
+        if self.events_expiration_seconds is None:
+            return
+        cutoff = to_ms(self.now()) - self.events_expiration_seconds * 1000
+        self.events = [e for e in self.events if e["time"] >= cutoff]
+
+    @staticmethod
+    def _date_ms(value: str, name: str) -> int | None:
+        if value.isdigit():
+            return int(value)
+        try:
+            day = dt.date.fromisoformat(value)
+        except ValueError:
+            return None
+        return to_ms(dt.datetime(day.year, day.month, day.day, tzinfo=UTC))
+
+    def _events(self, request: Request) -> Response:
+        denied = self._authorized(request)
+        if denied is not None:
+            return denied
+        self._purge_expired()
+        selected = self.events
+        types = request.query.get("type") or []
+        if types:
+            selected = [e for e in selected if e["type"] in types]
+        for name, key in (("client", "clientId"), ("user", "userId")):
+            value = request.arg(name)
+            if value is not None:
+                selected = [e for e in selected if e.get(key) == value]
+        date_from, date_to = request.arg("dateFrom"), request.arg("dateTo")
+        if date_from is not None:
+            start = self._date_ms(date_from, "From")
+            if start is None:
+                return Response.json({"error": "Invalid value for 'Date(From)', expected format is yyyy-MM-dd"}, status=400)
+            selected = [e for e in selected if e.get("time", 0) >= start]
+        if date_to is not None:
+            end = self._date_ms(date_to, "To")
+            if end is None:
+                return Response.json({"error": "Invalid value for 'Date(To)', expected format is yyyy-MM-dd"}, status=400)
+            selected = [e for e in selected if e.get("time", 0) <= end]
+        selected = sorted(selected, key=lambda e: (e.get("time", 0), e["_seq"]), reverse=True)
+        first = int(request.arg("first") or 0)
+        size = int(request.arg("max") or 100)
+        page = selected[first : first + size]
+        return Response.json([{k: v for k, v in e.items() if k != "_seq"} for e in page])
