@@ -271,8 +271,12 @@ class Source:
         rows = self._query(
             cur, METRICS_TABLE, _METRICS_SQL, {"start": window.start, "end": window.end, "events": events}
         )
-        stats = {"data_connectors_created": 0, "projects_created": 0, "metrics_session_started_ignored": 0,
-                 "metrics_anonymous_rows": 0}
+        stats = {
+            "data_connectors_created": 0,
+            "projects_created": 0,  # no canonical action: counted only
+            "metrics_session_started_ignored": 0,  # the capture log counts sessions
+            "metrics_anonymous_rows": 0,  # requests without a user: no user key
+        }
         for row_id, event, anonymous_user_id, timestamp in rows:
             if event == "project_created":
                 stats["projects_created"] += 1
