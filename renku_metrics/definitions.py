@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from typing import Mapping
 
-from dagster import Definitions
+from dagster import DefaultSensorStatus, Definitions, build_sensor_for_freshness_checks
 
 from renku_metrics.catalog import Catalog, load_catalog
 from renku_metrics.config import MetricsConfig, load_config
@@ -49,6 +49,11 @@ def build_defs(
         asset_checks=checks,
         jobs=jobs,
         schedules=schedules,
+        sensors=[
+            build_sensor_for_freshness_checks(
+                freshness_checks=checks, name="freshness_checks_sensor", default_status=DefaultSensorStatus.RUNNING
+            )
+        ],
         resources={"metrics_storage": MetricsStorageResource(root=storage_root)},
     )
 

@@ -24,6 +24,7 @@ from dagster import (
     AssetDep,
     AssetExecutionContext,
     AssetKey,
+    AssetSelection,
     AssetsDefinition,
     BackfillPolicy,
     DefaultScheduleStatus,
@@ -314,7 +315,8 @@ def build_period_job_and_schedule(config: MetricsConfig, period: str, assets: li
     name = f"{PERIODS[period]}_metrics"
     job = define_asset_job(
         name=name,
-        selection=[a.key for a in assets],
+        # The assets with their own checks; freshness checks are left to their sensor.
+        selection=AssetSelection.assets(*assets).without_checks() | AssetSelection.checks(*assets),
         partitions_def=partitions,
         description=f"Aggregate the {PERIODS[period]} metrics of the period just ended.",
     )

@@ -18,6 +18,7 @@ from dagster import (
     AssetCheckSpec,
     AssetExecutionContext,
     AssetKey,
+    AssetSelection,
     AssetsDefinition,
     BackfillPolicy,
     DefaultScheduleStatus,
@@ -219,7 +220,8 @@ def build_daily_extract_schedule(deployment: Deployment, asset_def: AssetsDefini
     """Every day at 01:30 UTC, extract the previous UTC day of one deployment."""
     job = define_asset_job(
         name=f"{deployment.name}_daily_extract",
-        selection=[asset_def.key],
+        # The asset with its own checks; freshness checks are left to their sensor.
+        selection=AssetSelection.assets(asset_def).without_checks() | AssetSelection.checks(asset_def),
         partitions_def=daily_partitions(deployment.start_date),
         description=f"Extract one UTC day of deployment {deployment.name}.",
     )

@@ -1,0 +1,91 @@
+from pathlib import Path
+
+import pytest
+import yaml
+
+from renku_metrics.config import load_config
+from renku_metrics.sources.base import ConfigError
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def write(tmp_path, doc) -> Path:
+    path = tmp_path / "deployments.yaml"
+    path.write_text(doc if isinstance(doc, str) else yaml.safe_dump(doc))
+    return path
+
+
+def demo(name="alpha", **changes):
+    item = {"name": name, "start_date": "2025-01-01", "sources": {"demo": {"seed": 1}}}
+    item.update(changes)
+    return item
+
+
+def test_shipped_file_loads_without_credentials():
+    config = load_config(REPO / "deployments.yaml", env={})
+    assert config.names == ["demo", "demo_small"]
+    assert all(set(d.sources) == {"demo"} for d in config.deployments)
+
+
+def test_env_var_selects_file(tmp_path):
+    path = write(tmp_path, {"deployments": [demo("gamma")]})
+    assert load_config(env={"RENKU_METRICS_DEPLOYMENTS": str(path)}).names == ["gamma"]
+
+
+@pytest.mark.parametrize(
+    "doc, message",
+    [
+        ({"deployments": [demo(colour="red")]}, "deployment 'alpha': unknown key 'colour'"),
+        ({"deployments": [{"name": "alpha", "sources": {"demo": {}}}]}, "deployment 'alpha': missing required key 'start_date'"),
+        ({"deployments": [demo(start_date="2025-13-01")]}, "deployment 'alpha': start_date must be a date"),
+        ({"deployments": [demo(), demo()]}, "deployment 'alpha': duplicate deployment name"),
+        ({"deployments": [demo(name="All")]}, "name must match"),
+        ({"deployments": [demo(sources={"jira": {}})]}, "sources.jira: unknown source type"),
+        ({"deployments": [demo(sources={"demo": {"seed": "x"}})]}, "sources.demo.seed: expected an integer"),
+        ({"deployments": [demo(sources={"demo": {"sead": 1}})]}, "sources.demo: unknown key 'sead'"),
+        ({"deployments": []}, "non-empty list"),
+        ({"deployment": []}, "single top-level key 'deployments'"),
+        ("deployments: [", "not valid YAML"),
+    ],
+)
+def test_bad_config_names_file_deployment_and_key(tmp_path, doc, message):
+    path = write(tmp_path, doc)
+    with pytest.raises(ConfigError) as info:
+        load_config(path, env={})
+    assert message in str(info.value)
+    assert str(path) in str(info.value)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match="deployments file not found"):
+        load_config(tmp_path / "nope.yaml", env={})
+
+
+def test_unset_secret_variable_is_named(tmp_path):
+    doc = {
+        "deployments": [
+            demo(
+                sources={
+                    "keycloak": {
+                        "url": "https://renku.example.org/auth",
+                        "realm": "Renku",
+                        "client_id": "renku-metrics",
+                        "client_secret_env": "ALPHA_KEYCLOAK_SECRET",
+                    }
+                }
+            )
+        ]
+    }
+    path = write(tmp_path, doc)
+    with pytest.raises(ConfigError) as info:
+        load_config(path, env={})
+    assert "deployment 'alpha': sources.keycloak.client_secret_env: environment variable ALPHA_KEYCLOAK_SECRET is not set" in str(info.value)
+    assert load_config(path, env={"ALPHA_KEYCLOAK_SECRET": "s3cret"}).names == ["alpha"]
+
+
+def test_excluded_users_accept_keycloak_ids_and_keys(tmp_path):
+    key = "0" * 32
+    path = write(tmp_path, {"deployments": [demo(excluded_users=["kc-user", key, "gitlab:5"])]})
+    deployment = load_config(path, env={}).deployment("alpha")
+    keys = deployment.excluded_user_keys()
+    assert key in keys and "gitlab:5" in keys and len(keys) == 3

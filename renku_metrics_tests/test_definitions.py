@@ -1,0 +1,84 @@
+"""Snapshot of every asset key, check, job and schedule: a factory that renames
+something by accident fails here."""
+
+from pathlib import Path
+
+from dagster import AssetKey
+
+from renku_metrics.config import load_config
+from renku_metrics.definitions import build_defs
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def shipped_defs():
+    return build_defs(config=load_config(REPO / "deployments.yaml", env={}))
+
+
+def test_module_level_defs_load():
+    from renku_metrics.definitions import defs
+
+    assert defs.resolve_asset_graph().get_all_asset_keys()
+
+
+def test_asset_keys_snapshot():
+    keys = {k.to_user_string() for k in shipped_defs().resolve_asset_graph().get_all_asset_keys()}
+    expected = {
+        "demo/raw_events",
+        "demo_small/raw_events",
+        "active_users_weekly",
+        "active_users_monthly",
+        "core_actions_weekly",
+        "core_actions_monthly",
+    }
+    assert expected <= keys
+    extra = keys - expected
+    assert extra <= {"lifecycle_weekly", "lifecycle_monthly", "stickiness_monthly", "retention_weekly"}, extra
+
+
+def test_jobs_and_schedules_snapshot():
+    defs = shipped_defs()
+    jobs = {j.name for j in defs.resolve_all_job_defs()} - {"__ASSET_JOB"}
+    assert jobs == {"demo_daily_extract", "demo_small_daily_extract", "weekly_metrics", "monthly_metrics"}
+    schedules = {s.name: s for s in defs.get_repository_def().schedule_defs}
+    assert set(schedules) == {
+        "demo_daily_extract_schedule",
+        "demo_small_daily_extract_schedule",
+        "weekly_metrics_schedule",
+        "monthly_metrics_schedule",
+    }
+    assert schedules["demo_daily_extract_schedule"].cron_schedule == "30 1 * * *"
+    assert schedules["weekly_metrics_schedule"].cron_schedule == "0 4 * * 1"  # Mondays
+    assert schedules["monthly_metrics_schedule"].cron_schedule == "0 5 1 * *"
+    assert all(s.execution_timezone in (None, "UTC") for s in schedules.values())
+
+
+def test_partitions_weeks_start_monday_and_checks_exist():
+    defs = shipped_defs()
+    graph = defs.resolve_asset_graph()
+    weekly = graph.get(AssetKey("core_actions_weekly")).partitions_def
+    keys = weekly.get_partition_keys()
+    assert all(__import__("datetime").date.fromisoformat(k).weekday() == 0 for k in keys)
+    assert keys[0] == "2024-12-30"  # the ISO week containing the earliest start date, 2025-01-01
+    raw = graph.get(AssetKey(["demo_small", "raw_events"])).partitions_def
+    assert raw.get_partition_keys()[0] == "2025-06-01"
+    checks = {(c.asset_key.to_user_string(), c.name) for c in graph.asset_check_keys}
+    for name in ("user_ids_present", "timestamps_within_day", "unique_event_ids", "no_personal_data", "source_coverage"):
+        assert ("demo/raw_events", name) in checks
+    for asset in ("core_actions_weekly", "active_users_monthly"):
+        for name in ("users_within_active_users", "pct_within_0_100", "one_row_per_key", "deployments_present"):
+            assert (asset, name) in checks
+    assert ("core_actions_monthly", "target_commit_all_pct_ge_30") in checks
+    assert ("core_actions_weekly", "target_commit_all_users_ge_100") in checks
+    assert any(asset == "demo/raw_events" and "freshness" in name for asset, name in checks)
+    assert any(asset == "core_actions_weekly" and "freshness" in name for asset, name in checks)
+
+
+def test_every_asset_has_description_group_and_owner():
+    graph = shipped_defs().resolve_asset_graph()
+    for key in graph.get_all_asset_keys():
+        node = graph.get(key)
+        assert node.description and len(node.description) > 80, key
+        assert "annot see" in node.description or "Cannot see" in node.description, key
+        assert node.group_name in ("raw_events", "metrics", "engagement"), key
+        assert node.owners, key
