@@ -13,6 +13,7 @@ from dagster import DefaultSensorStatus, Definitions, build_sensor_for_freshness
 
 from renku_metrics.catalog import Catalog, load_catalog
 from renku_metrics.config import MetricsConfig, load_config
+from renku_metrics.engagement_assets import build_engagement_assets
 from renku_metrics.metrics import build_metric_assets, build_period_job_and_schedule, build_weekly_freshness_checks
 from renku_metrics.raw_events import build_daily_extract_schedule, build_raw_events_asset, build_raw_events_freshness_checks
 from renku_metrics.resources import MetricsStorageResource
@@ -36,8 +37,9 @@ def build_defs(
         schedules.append(schedule)
     weekly = build_metric_assets(config, catalog, "week")
     monthly = build_metric_assets(config, catalog, "month")
+    engagement = build_engagement_assets(config)
     for period, assets in (("week", weekly), ("month", monthly)):
-        job, schedule = build_period_job_and_schedule(config, period, assets)
+        job, schedule = build_period_job_and_schedule(config, period, [*assets, *engagement[period]])
         jobs.append(job)
         schedules.append(schedule)
     checks = [
@@ -45,7 +47,7 @@ def build_defs(
         *build_weekly_freshness_checks([a.key for a in weekly]),
     ]
     return Definitions(
-        assets=[*raw_assets, *weekly, *monthly],
+        assets=[*raw_assets, *weekly, *monthly, *engagement["week"], *engagement["month"]],
         asset_checks=checks,
         jobs=jobs,
         schedules=schedules,
