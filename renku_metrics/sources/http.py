@@ -82,7 +82,13 @@ class HttpSettings:
 
 
 class Auth(Protocol):
-    """Credentials for a client: headers to send, and a way to drop stale ones."""
+    """Credentials for a client: headers to send, and a way to drop stale ones.
+
+    ``renewable`` says whether ``invalidate`` can lead to different credentials
+    (a fresh access token); only then is a request repeated after a 401.
+    """
+
+    renewable: bool
 
     def headers(self) -> dict[str, str]: ...
 
@@ -91,6 +97,8 @@ class Auth(Protocol):
 
 class HeaderAuth:
     """A fixed credential header (GitLab ``PRIVATE-TOKEN``); nothing to renew."""
+
+    renewable = False
 
     def __init__(self, name: str, value: str) -> None:
         self._headers = {name: value}
@@ -273,7 +281,7 @@ class HttpClient:
                                 method, url, f"HTTP {status} with an unexpected JSON {type(body).__name__}"
                             )
                         return body, response
-                elif status == 401 and authenticate and self.auth is not None and not renewed:
+                elif status == 401 and authenticate and self.auth is not None and self.auth.renewable and not renewed:
                     # Expired or revoked token: renew the credentials once and repeat at once.
                     log.info("%s/%s: HTTP 401 on %s %s, renewing credentials", self.deployment, self.source, method, urlsplit(url).path)
                     self.auth.invalidate()

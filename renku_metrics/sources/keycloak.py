@@ -103,6 +103,8 @@ class Settings(SettingsBase):
 class ClientCredentialsAuth:
     """An OAuth2 client-credentials access token, fetched lazily and renewed before it expires."""
 
+    renewable = True
+
     def __init__(
         self,
         client: HttpClient,
@@ -185,7 +187,14 @@ def safe_record(record: Any) -> dict[str, Any]:
 class Source:
     name = SOURCE_NAME
 
-    def __init__(self, deployment: str, settings: Settings, env: Mapping[str, str]) -> None:
+    def __init__(
+        self,
+        deployment: str,
+        settings: Settings,
+        env: Mapping[str, str],
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.deployment = deployment
         self.settings = settings
         where = f"deployment {deployment!r}: sources.keycloak"
@@ -204,6 +213,7 @@ class Source:
             f"/realms/{settings.realm}/protocol/openid-connect/token",
             settings.client_id,
             secret,
+            clock=clock,
         )
         self.client.auth = self.auth
         self.events_path = f"/admin/realms/{settings.realm}/events"

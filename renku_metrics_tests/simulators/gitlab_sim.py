@@ -79,6 +79,7 @@ class GitLabSimulator(SimulatorServer):
         self.users: dict[int, dict[str, Any]] = {}
         self.repos: dict[int, Repository] = {}
         self.events: list[dict[str, Any]] = []
+        self.gone_projects: set[int] = set()  # listed, but deleted before their events are read
         self._event_ids = itertools.count(1)
         self._sha_seq = itertools.count(1)
 
@@ -271,6 +272,29 @@ class GitLabSimulator(SimulatorServer):
             },
         )
 
+    def move_branch(self, project_id: int, author_id: int, at: dt.datetime, branch: str, to: str) -> dict[str, Any]:
+        """A push that moves ``branch`` to existing commits (a fast-forward merge)."""
+        repo = self.repos[project_id]
+        old = repo.branches.get(branch)
+        repo.branches[branch] = to
+        new_commits = repo.ancestors(to) - repo.ancestors(old)
+        return self._event(
+            project_id,
+            author_id,
+            at,
+            "pushed to",
+            {
+                "commit_count": len(new_commits),
+                "action": "pushed",
+                "ref_type": "branch",
+                "commit_from": old,
+                "commit_to": to,
+                "ref": branch,
+                "commit_title": repo.commits[to]["title"][:70],
+                "ref_count": None,
+            },
+        )
+
     def delete_branch(self, project_id: int, author_id: int, at: dt.datetime, branch: str) -> dict[str, Any]:
         old = self.repos[project_id].branches.pop(branch)
         return self._event(
@@ -345,7 +369,7 @@ class GitLabSimulator(SimulatorServer):
         return Response.json(page, headers=headers)
 
     def _project_events(self, request: Request, project_id: int) -> Response:
-        if project_id not in self.projects:
+        if project_id not in self.projects or project_id in self.gone_projects:
             return Response.json({"message": "404 Project Not Found"}, status=404)
         cutoff = self.now() - EVENT_RETENTION
         selected = [e for e in self.events if e.get("project_id") == project_id and _created(e) >= cutoff]
@@ -366,7 +390,7 @@ class GitLabSimulator(SimulatorServer):
         return self._offset_page(request, selected, totals=True)
 
     def _commits(self, request: Request, project_id: int) -> Response:
-        if project_id not in self.projects:
+        if project_id not in self.projects or project_id in self.gone_projects:
             return Response.json({"message": "404 Project Not Found"}, status=404)
         repo = self.repos[project_id]
         if request.arg("all") == "true":
