@@ -3,8 +3,16 @@
 Notebook API (no Dagster needed)::
 
     from renku_metrics import read_metrics, read_active_users, read_events
+    from renku_metrics import read_lifecycle, read_stickiness, read_retention
 """
 
-from renku_metrics.readers import read_active_users, read_events, read_metrics
+from renku_metrics.readers import (
+    read_active_users,
+    read_events,
+    read_lifecycle,
+    read_metrics,
+    read_retention,
+    read_stickiness,
+)
 
-__all__ = ["read_metrics", "read_active_users", "read_events"]
+__all__ = ["read_metrics", "read_active_users", "read_events", "read_lifecycle", "read_stickiness", "read_retention"]

@@ -93,3 +93,42 @@ def read_events(
             return con.execute("SELECT * FROM read_parquet($paths) ORDER BY occurred_at, event_id", {"paths": paths}).df()
         finally:
             con.close()
+
+
+# Engagement views (renku_metrics.engagement, docs/engagement.md). Their ``complete``
+# also requires ``history_complete``: enough gap-free history before the period for
+# "new" to mean first-ever.
+
+
+def _dates(frame: pd.DataFrame, columns: tuple[str, ...]) -> pd.DataFrame:
+    for col in columns:
+        if col in frame:
+            frame[col] = pd.to_datetime(frame[col]).dt.date
+    return frame
+
+
+def read_lifecycle(period: str = "week", storage: Storage | str | None = None, complete_only: bool = False) -> pd.DataFrame:
+    """Lifecycle of active users: deployment, period, period_start, period_end, previous_period_start,
+    active_users, new_users, returning_users, resurrected_users, dormant_users, previous_active_users,
+    quick_ratio, history_weeks, history_complete, complete, coverage_note, computed_at."""
+    frame = _table("lifecycle", period, storage, complete_only, ["period_start", "deployment"])
+    return _dates(frame, ("previous_period_start",))
+
+
+def read_stickiness(storage: Storage | str | None = None, complete_only: bool = False) -> pd.DataFrame:
+    """Monthly stickiness: deployment, period, period_start, period_end, monthly_active_users, weeks,
+    mean_weekly_active_users, wau_mau, days, mean_daily_active_users, dau_mau, complete, coverage_note,
+    computed_at (ratios are 0..1)."""
+    return _table("stickiness", "month", storage, complete_only, ["period_start", "deployment"])
+
+
+def read_retention(storage: Storage | str | None = None, complete_only: bool = False) -> pd.DataFrame:
+    """Weekly new-user retention, one row per cohort week (period_start) and deployment: cohort_users,
+    retained_w1..retained_w8 (users, nullable), retention_w1..retention_w8 (percent, null while the week
+    has not ended), weeks_observed, observed_until, history_weeks, history_complete, complete,
+    coverage_note, computed_at."""
+    frame = _table("retention", "week", storage, complete_only, ["period_start", "deployment"])
+    for col in frame.columns:
+        if col.startswith("retained_w"):
+            frame[col] = frame[col].astype("Int64")
+    return _dates(frame, ("observed_until",))
