@@ -110,6 +110,7 @@ class KeycloakSimulator(SimulatorServer):
                 "username": username,
             },
         }
+        record["_time"] = record["time"]  # the stored time, used by the filters even if dropped
         for key in drop:
             record.pop(key, None)
         record["_seq"] = next(self._seq)  # insertion order, for stable sorting of equal times
@@ -187,7 +188,7 @@ class KeycloakSimulator(SimulatorServer):
         if self.events_expiration_seconds is None:
             return
         cutoff = to_ms(self.now()) - self.events_expiration_seconds * 1000
-        self.events = [e for e in self.events if e["time"] >= cutoff]
+        self.events = [e for e in self.events if e["_time"] >= cutoff]
 
     @staticmethod
     def _date_ms(value: str, name: str) -> int | None:
@@ -217,14 +218,14 @@ class KeycloakSimulator(SimulatorServer):
             start = self._date_ms(date_from, "From")
             if start is None:
                 return Response.json({"error": "Invalid value for 'Date(From)', expected format is yyyy-MM-dd"}, status=400)
-            selected = [e for e in selected if e.get("time", 0) >= start]
+            selected = [e for e in selected if e["_time"] >= start]
         if date_to is not None:
             end = self._date_ms(date_to, "To")
             if end is None:
                 return Response.json({"error": "Invalid value for 'Date(To)', expected format is yyyy-MM-dd"}, status=400)
-            selected = [e for e in selected if e.get("time", 0) <= end]
-        selected = sorted(selected, key=lambda e: (e.get("time", 0), e["_seq"]), reverse=True)
+            selected = [e for e in selected if e["_time"] <= end]
+        selected = sorted(selected, key=lambda e: (e["_time"], e["_seq"]), reverse=True)
         first = int(request.arg("first") or 0)
         size = int(request.arg("max") or 100)
         page = selected[first : first + size]
-        return Response.json([{k: v for k, v in e.items() if k != "_seq"} for e in page])
+        return Response.json([{k: v for k, v in e.items() if not k.startswith("_")} for e in page])
