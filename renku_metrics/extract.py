@@ -45,6 +45,37 @@ def _rejected_line(record: RejectedRecord) -> str:
     return json.dumps({"source": record.source, "reason": record.reason, "record": record.record}, default=str, sort_keys=True)
 
 
+def _previous_day(storage: Storage, deployment: str, day: dt.date) -> tuple[pd.DataFrame, dict] | None:
+    """The day's stored events and manifest, if it was extracted before."""
+    mkey = manifest_key(deployment, day)
+    if not storage.exists(mkey):
+        return None
+    manifest = storage.read_json(mkey)
+    ekey = raw_events_key(deployment, day)
+    events = storage.read_parquet(ekey).to_pandas() if storage.exists(ekey) else events_frame([])
+    return events, manifest
+
+
+def _keep_previous(frame: pd.DataFrame, info: dict, previous: tuple[pd.DataFrame, dict], source: str):
+    """A source that could not read its whole window (e.g. Keycloak events expired since the
+    last extract) must not erase what an earlier extract of the same day stored: keep the
+    union of both (event ids are stable, so nothing doubles)."""
+    stored, manifest = previous
+    kept = stored[stored["source"] == source]
+    if kept.empty:
+        return frame, info
+    merged = pd.concat([frame, kept], ignore_index=True).drop_duplicates(subset="event_id", keep="first")
+    earlier = manifest.get("sources", {}).get(source, {})
+    info = dict(info)
+    info["events"] = int(len(merged))
+    info["kept_from_previous_extract"] = int(len(merged) - len(frame))
+    if earlier.get("complete"):
+        # The earlier extract read the whole window: the union is complete.
+        info["complete"] = True
+        info["coverage_note"] = f"window complete from the extract of {manifest.get('extracted_at')}"
+    return merged, info
+
+
 def extract_day(
     storage: Storage,
     deployment: Deployment,
@@ -57,6 +88,7 @@ def extract_day(
     now = now or dt.datetime.now(dt.timezone.utc)
     window = TimeWindow.for_day(day)
     frames, rejected, sources = [], [], {}
+    previous = _previous_day(storage, deployment.name, day)
     for source_type, settings in deployment.sources.items():
         source = source_module(source_type).Source(deployment.name, settings, env)
         try:
@@ -68,15 +100,18 @@ def extract_day(
                 f"deployment {deployment.name!r}, source {source_type!r}, day {day}: {type(exc).__name__}: {exc}"
             ) from exc
         frame = result.frame if result.frame is not None else events_frame(result.events)
-        frames.append(frame)
-        rejected.extend(result.rejected)
-        sources[source_type] = {
+        info = {
             "complete": bool(result.complete),
             "coverage_note": result.coverage_note,
             "events": int(len(frame)),
             "rejected": len(result.rejected),
             "stats": dict(result.stats),
         }
+        if not result.complete and previous is not None:
+            frame, info = _keep_previous(frame, info, previous, source_type)
+        frames.append(frame)
+        rejected.extend(result.rejected)
+        sources[source_type] = info
     candidates = pd.concat(frames, ignore_index=True) if frames else events_frame([])
     valid, invalid = validate_events(candidates, window, deployment.name)
     rejected.extend(invalid)

@@ -26,8 +26,10 @@ from dagster import (
     MetadataValue,
     asset,
     build_last_update_freshness_checks,
-    build_schedule_from_partitioned_job,
     define_asset_job,
+    RunRequest,
+    ScheduleEvaluationContext,
+    schedule,
 )
 
 from renku_metrics.config import Deployment
@@ -35,7 +37,7 @@ from renku_metrics.events import ACTIONS
 from renku_metrics.extract import DayExtract, extract_day
 from renku_metrics.partitions import daily_partitions
 from renku_metrics.resources import MetricsStorageResource
-from renku_metrics.storage import Storage, raw_events_key
+from renku_metrics.storage import Storage, manifest_key, raw_events_key
 
 GROUP = "raw_events"
 OWNERS = ["team:renku-product"]
@@ -216,20 +218,60 @@ def build_raw_events_freshness_checks(keys: list[AssetKey]):
     return build_last_update_freshness_checks(assets=keys, lower_bound_delta=FRESHNESS)
 
 
+REEXTRACT_DAYS = 7
+
+
+def days_to_extract(storage: Storage, deployment: Deployment, today: dt.date, lookback: int = REEXTRACT_DAYS) -> list[dt.date]:
+    """Yesterday, plus any of the ``lookback`` days before it that is missing or was
+    extracted incomplete (e.g. an audit-log object not yet uploaded at the first try).
+    Re-extracting never loses events: an incomplete source keeps what was stored."""
+    wanted = []
+    for back in range(lookback, 0, -1):
+        day = today - dt.timedelta(days=back)
+        if day < deployment.start_date:
+            continue
+        if back == 1:
+            wanted.append(day)
+            continue
+        key = manifest_key(deployment.name, day)
+        if not storage.exists(key):
+            wanted.append(day)
+            continue
+        sources = storage.read_json(key).get("sources", {})
+        if any(not info.get("complete", True) for info in sources.values()):
+            wanted.append(day)
+    return wanted
+
+
 def build_daily_extract_schedule(deployment: Deployment, asset_def: AssetsDefinition):
-    """Every day at 01:30 UTC, extract the previous UTC day of one deployment."""
+    """Every day at 01:30 UTC: extract the previous UTC day of one deployment, and retry
+    the days of the past week that are missing or were incomplete."""
+    partitions = daily_partitions(deployment.start_date)
     job = define_asset_job(
         name=f"{deployment.name}_daily_extract",
         # The asset with its own checks; freshness checks are left to their sensor.
         selection=AssetSelection.assets(asset_def).without_checks() | AssetSelection.checks(asset_def),
-        partitions_def=daily_partitions(deployment.start_date),
-        description=f"Extract one UTC day of deployment {deployment.name}.",
+        partitions_def=partitions,
+        description=f"Extract UTC days of deployment {deployment.name}.",
     )
-    schedule = build_schedule_from_partitioned_job(
-        job,
+
+    @schedule(
         name=f"{deployment.name}_daily_extract_schedule",
-        hour_of_day=1,
-        minute_of_hour=30,
+        job=job,
+        cron_schedule="30 1 * * *",
+        execution_timezone="UTC",
         default_status=DefaultScheduleStatus.RUNNING,
+        description=(
+            "Extracts yesterday (UTC), and re-extracts any of the previous 7 days that is missing "
+            "or whose sources could not read their whole window."
+        ),
     )
-    return job, schedule
+    def daily_extract(context: ScheduleEvaluationContext, metrics_storage: MetricsStorageResource):
+        when = context.scheduled_execution_time or dt.datetime.now(dt.timezone.utc)
+        today = when.astimezone(dt.timezone.utc).date()
+        storage = metrics_storage.get_storage()
+        for day in days_to_extract(storage, deployment, today):
+            key = day.isoformat()
+            yield RunRequest(run_key=f"{key}@{today.isoformat()}", partition_key=key)
+
+    return job, daily_extract

@@ -197,3 +197,23 @@ def test_incomplete_source_window_fails_warning_check_and_marks_period(tmp_path,
     metrics = read_metrics("week", storage=root)
     assert not metrics["complete"].any()
     assert read_metrics("week", storage=root, complete_only=True).empty
+
+
+def test_reextracting_an_expired_day_keeps_earlier_events(tmp_path, fixture_source):
+    from renku_metrics.extract import extract_day
+
+    from .helpers import NOW
+
+    both = [ev("2025-03-04T08:00:00+00:00", "early", "login"), ev("2025-03-04T15:00:00+00:00", "late", "login")]
+    config = write_config(tmp_path, {"alpha": {"start_date": "2025-03-03", "events": both}})
+    storage = open_storage(str(tmp_path / "data"))
+    first = extract_day(storage, config.deployment("alpha"), dt.date(2025, 3, 4), env={}, now=NOW)
+    assert first.row_count == 2 and first.complete
+    # Later, the upstream has forgotten the morning and says so.
+    config = write_config(
+        tmp_path, {"alpha": {"start_date": "2025-03-03", "events": both[1:], "incomplete_on_day": "2025-03-04"}}
+    )
+    second = extract_day(storage, config.deployment("alpha"), dt.date(2025, 3, 4), env={}, now=NOW)
+    assert second.row_count == 2  # the morning login is kept, not erased
+    assert second.complete  # the earlier extract had read the whole window
+    assert second.sources["fixture"]["kept_from_previous_extract"] == 1

@@ -82,3 +82,36 @@ def test_every_asset_has_description_group_and_owner():
         assert "annot see" in node.description or "Cannot see" in node.description, key
         assert node.group_name in ("raw_events", "metrics", "engagement"), key
         assert node.owners, key
+
+
+def test_daily_schedule_requests_yesterday_and_retries_incomplete_days(tmp_path, fixture_source):
+    import datetime as dt
+
+    from dagster import build_schedule_context
+
+    from renku_metrics.extract import extract_day
+    from renku_metrics.resources import MetricsStorageResource
+    from renku_metrics.storage import open_storage
+
+    from .helpers import NOW, ev, write_config
+
+    config = write_config(
+        tmp_path,
+        {"alpha": {"start_date": "2025-03-01", "events": [ev("2025-03-04T10:00:00+00:00", "u", "login")], "incomplete_on_day": "2025-03-05"}},
+    )
+    root = str(tmp_path / "data")
+    storage = open_storage(root)
+    for day in range(3, 9):  # 03-03 .. 03-08 extracted; 03-05 incomplete; 03-02 missing
+        extract_day(storage, config.deployment("alpha"), dt.date(2025, 3, day), env={}, now=NOW)
+    defs = build_defs(config=config, storage_root=root)
+    schedule = defs.get_repository_def().get_schedule_def("alpha_daily_extract_schedule")
+    when = dt.datetime(2025, 3, 10, 1, 30, tzinfo=dt.timezone.utc)
+    with build_schedule_context(
+        scheduled_execution_time=when,
+        resources={"metrics_storage": MetricsStorageResource(root=root)},
+        repository_def=defs.get_repository_def(),
+    ) as context:
+        requests = list(schedule.evaluate_tick(context).run_requests)
+    # 03-09 is yesterday; 03-05 was incomplete; 03-02 is missing but outside the 7-day lookback.
+    assert [r.partition_key for r in requests] == ["2025-03-05", "2025-03-09"]
+    assert len({r.run_key for r in requests}) == 2
