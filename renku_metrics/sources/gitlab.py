@@ -18,9 +18,12 @@ How it reads a window [start, end)
    * one commit (``commit_count`` 1): ``commit_to`` and ``commit_title`` from the
      event itself, no further request;
    * several commits: ``GET .../repository/commits?ref_name=<commit_from>..<commit_to>``
-     (a revision range: exactly the commits the push added); a new branch is
-     read against the default branch (``<default>..<commit_to>``), the first
-     push of a repository as the whole history of ``commit_to``;
+     (a revision range: exactly the commits the push added; shas never change,
+     so the answer does not depend on when we ask);
+   * a new branch (no ``commit_from``): the first ``commit_count`` commits of
+     ``ref_name=<commit_to>``, newest first, as GitLab counted them. Comparing
+     with the default branch instead would find nothing once the branch has
+     been merged, which often happens on the same day;
    * a bulk push (more than three refs at once: ``commit_count`` 0, ``ref_count``
      N, null ``commit_from``/``commit_to``/``ref``) names no commits, so all
      branches are read: ``.../commits?all=true&since=<push - bulk_push_lookback_days>&until=<push + 1 h>``
@@ -304,17 +307,22 @@ class Source:
             self._users[user_id] = self.client.get_json(f"/api/v4/users/{user_id}", expect=dict, not_found_ok=True)
         return self._users[user_id]
 
-    def _commit_pages(self, project_id: int, params: dict[str, Any]) -> list[tuple[str, str]] | None:
-        """(sha, message) of a commits listing; None when a ref does not exist (404)."""
+    def _commit_pages(
+        self, project_id: int, params: dict[str, Any], limit: int | None = None
+    ) -> list[tuple[str, str]] | None:
+        """(sha, message) of a commits listing, at most ``limit``; None when a ref does not exist (404)."""
         out: list[tuple[str, str]] = []
         found = False
+        per_page = min(self.settings.page_size, limit) if limit else self.settings.page_size
         for page in self.client.iter_offset_pages(
-            f"/api/v4/projects/{project_id}/repository/commits", params, self.settings.page_size, not_found_ok=True
+            f"/api/v4/projects/{project_id}/repository/commits", params, per_page, not_found_ok=True
         ):
             found = True
             for commit in page:
                 if isinstance(commit, Mapping) and isinstance(commit.get("id"), str) and commit["id"]:
                     out.append((commit["id"], str(commit.get("message") or commit.get("title") or "")))
+            if limit is not None and len(out) >= limit:
+                return out[:limit]  # the rest of the history was there before this push
         return out if found else None
 
     def _push_commits(self, push: _Push) -> tuple[list[tuple[str, str]], bool]:
@@ -343,14 +351,10 @@ class Source:
             commits = self._commit_pages(project_id, {"ref_name": f"{commit_from}..{commit_to}"})
             if commits is not None:
                 return commits, False
-        default = project.get("default_branch")
-        if default and default != ref:
-            # A new branch: GitLab counts its commits against the default branch.
-            commits = self._commit_pages(project_id, {"ref_name": f"{default}..{commit_to}"})
-            if commits is not None:
-                return commits, False
-        # The first push of a repository: its whole history is new to GitLab.
-        return self._commit_pages(project_id, {"ref_name": commit_to}) or [], False
+            # commit_from is gone (garbage-collected after a force push): fall through.
+        # A new branch (or the first push of a repository): the newest commit_count
+        # commits of its head are the ones GitLab counted as new.
+        return self._commit_pages(project_id, {"ref_name": commit_to}, limit=count) or [], False
 
     # -- extract ---------------------------------------------------------------
 
