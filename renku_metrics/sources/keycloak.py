@@ -46,7 +46,7 @@ from renku_metrics.events import (
     make_event_id,
     pseudonymize_user,
 )
-from renku_metrics.sources.base import ConfigError, SettingsBase, SourceError, read_secret
+from renku_metrics.sources.base import ConfigError, SettingsBase, read_secret
 from renku_metrics.sources.http import HttpClient, HttpSettings, validate_base_url
 
 log = logging.getLogger(__name__)

@@ -191,7 +191,7 @@ class KeycloakSimulator(SimulatorServer):
         self.events = [e for e in self.events if e["_time"] >= cutoff]
 
     @staticmethod
-    def _date_ms(value: str, name: str) -> int | None:
+    def _date_ms(value: str) -> int | None:
         if value.isdigit():
             return int(value)
         try:
@@ -215,12 +215,12 @@ class KeycloakSimulator(SimulatorServer):
                 selected = [e for e in selected if e.get(key) == value]
         date_from, date_to = request.arg("dateFrom"), request.arg("dateTo")
         if date_from is not None:
-            start = self._date_ms(date_from, "From")
+            start = self._date_ms(date_from)
             if start is None:
                 return Response.json({"error": "Invalid value for 'Date(From)', expected format is yyyy-MM-dd"}, status=400)
             selected = [e for e in selected if e["_time"] >= start]
         if date_to is not None:
-            end = self._date_ms(date_to, "To")
+            end = self._date_ms(date_to)
             if end is None:
                 return Response.json({"error": "Invalid value for 'Date(To)', expected format is yyyy-MM-dd"}, status=400)
             selected = [e for e in selected if e["_time"] <= end]
