@@ -360,7 +360,7 @@ def lifecycle(
 
     con = _connect()
     try:
-        _load_activity(con, storage, index, None, last_end)
+        _load_activity(con, storage, index, None, min(last_end, today))
         con.register(
             "targets",
             pd.DataFrame({"period_start": starts, "previous_period_start": [prevs[s] for s in starts]}),
@@ -471,11 +471,11 @@ def stickiness(
 
     con = _connect()
     try:
-        # Only the requested months' days (not the gaps between them) are read.
+        # Only the requested months' days (not the gaps between them, nor days from today on) are read.
         excluded = [(d.name, k) for d in measured_all for k in d.excluded_user_keys()]
         con.register("excluded", pd.DataFrame(excluded, columns=["deployment", "user_id"], dtype="object"))
         for name, days in index.items():
-            keys = [k for s in starts for k in days.event_keys(*bounds[s])]
+            keys = [k for s in starts for k in days.event_keys(s, min(bounds[s][1], today))]
             if keys:
                 with storage.local_paths(keys) as paths:
                     con.execute(_INSERT_USER_DAYS, {"deployment": name, "paths": paths})
@@ -596,7 +596,7 @@ def retention(
 
     con = _connect()
     try:
-        _load_activity(con, storage, index, None, last_end)
+        _load_activity(con, storage, index, None, min(last_end, today))
         con.register("targets", pd.DataFrame({"period_start": starts}))
         got = con.execute(_RETENTION_SQL, {"max_days": 7 * weeks}).df()
     finally:
