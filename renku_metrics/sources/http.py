@@ -320,6 +320,8 @@ class HttpClient:
 
     @staticmethod
     def _hint(status: int) -> str:
+        if 300 <= status < 400:
+            return " (redirect not followed: check the url setting, e.g. https and any /auth prefix)"
         if status == 401:
             return " (credentials rejected: check the secret's environment variable)"
         if status == 403:
