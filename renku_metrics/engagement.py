@@ -261,18 +261,18 @@ def _load_activity(
     con: duckdb.DuckDBPyConnection,
     storage: Storage,
     index: dict[str, DeploymentDays],
-    start: dt.date | None,
-    end: dt.date,
+    spans: Sequence[tuple[dt.date | None, dt.date]],
 ) -> None:
-    """Fill ``activity`` with distinct (deployment, user, UTC day) of the days [start, end).
+    """Fill ``activity`` with distinct (deployment, user, UTC day) of the day spans [start, end).
 
-    ``start=None`` reads from each deployment's start_date. Only ``user_id`` and
-    ``occurred_at`` are read from the files; excluded users are left out here.
+    A ``None`` start means the deployment's start_date. Only ``user_id`` and
+    ``occurred_at`` are read from the files; excluded users are left out here,
+    then every row is repeated under the ``all`` rollup.
     """
     excluded = [(name, key) for name, days in index.items() for key in days.deployment.excluded_user_keys()]
     con.register("excluded", pd.DataFrame(excluded, columns=["deployment", "user_id"], dtype="object"))
     for name, days in index.items():
-        keys = days.event_keys(start or days.deployment.start_date, end)
+        keys = sorted({k for start, end in spans for k in days.event_keys(start or days.deployment.start_date, end)})
         if not keys:
             continue
         with storage.local_paths(keys) as paths:
@@ -360,7 +360,7 @@ def lifecycle(
 
     con = _connect()
     try:
-        _load_activity(con, storage, index, None, min(last_end, today))
+        _load_activity(con, storage, index, [(None, min(last_end, today))])
         con.register(
             "targets",
             pd.DataFrame({"period_start": starts, "previous_period_start": [prevs[s] for s in starts]}),
@@ -472,14 +472,7 @@ def stickiness(
     con = _connect()
     try:
         # Only the requested months' days (not the gaps between them, nor days from today on) are read.
-        excluded = [(d.name, k) for d in measured_all for k in d.excluded_user_keys()]
-        con.register("excluded", pd.DataFrame(excluded, columns=["deployment", "user_id"], dtype="object"))
-        for name, days in index.items():
-            keys = [k for s in starts for k in days.event_keys(s, min(bounds[s][1], today))]
-            if keys:
-                with storage.local_paths(keys) as paths:
-                    con.execute(_INSERT_USER_DAYS, {"deployment": name, "paths": paths})
-        con.execute(_INSERT_ALL, {"all_name": ALL_DEPLOYMENTS})
+        _load_activity(con, storage, index, [(s, min(bounds[s][1], today)) for s in starts])
         counts = {}
         for grain, sql in _STICKINESS_SQL.items():
             got = con.execute(sql).df()
@@ -596,7 +589,7 @@ def retention(
 
     con = _connect()
     try:
-        _load_activity(con, storage, index, None, min(last_end, today))
+        _load_activity(con, storage, index, [(None, min(last_end, today))])
         con.register("targets", pd.DataFrame({"period_start": starts}))
         got = con.execute(_RETENTION_SQL, {"max_days": 7 * weeks}).df()
     finally:

@@ -453,3 +453,12 @@ def test_materialize_engagement_assets(storage):
     assert row(sticky, "alpha", D(2025, 2, 1))["monthly_active_users"] == 6
     assert len(read_stickiness(storage=storage, complete_only=True)) == 1  # alpha only
     assert read_lifecycle("month", storage=storage)["period_start"].tolist() == [D(2025, 2, 1)] * 3
+
+
+def test_read_scope_stickiness_period_only_lifecycle_whole_history(storage):
+    # A damaged January day: stickiness of February never opens it, lifecycle must (history).
+    storage.write_bytes(raw_events_key("alpha", t(1)), b"not parquet")
+    feb = engagement.stickiness(storage, [ALPHA], D(2025, 2, 1), NOW)
+    assert row(feb, "alpha", D(2025, 2, 1))["monthly_active_users"] == 6
+    with pytest.raises(Exception, match="(?i)parquet"):
+        engagement.lifecycle(storage, [ALPHA], "month", D(2025, 2, 1), NOW)
