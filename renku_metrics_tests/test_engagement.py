@@ -462,3 +462,20 @@ def test_read_scope_stickiness_period_only_lifecycle_whole_history(storage):
     assert row(feb, "alpha", D(2025, 2, 1))["monthly_active_users"] == 6
     with pytest.raises(Exception, match="(?i)parquet"):
         engagement.lifecycle(storage, [ALPHA], "month", D(2025, 2, 1), NOW)
+
+
+def test_active_users_agree_with_the_aggregates(storage):
+    from renku_metrics.aggregate import aggregate_period
+    from renku_metrics.catalog import load_catalog
+
+    catalog = load_catalog()
+    life = engagement.lifecycle(storage, [ALPHA, BETA], "week", [W[0], W[5], W[9]], NOW)
+    sticky = engagement.stickiness(storage, [ALPHA, BETA], [D(2025, 2, 1), D(2025, 3, 1)], NOW)
+    for period, start, frame, column in [
+        *(("week", w, life, "active_users") for w in (W[0], W[5], W[9])),
+        *(("month", m, sticky, "monthly_active_users") for m in (D(2025, 2, 1), D(2025, 3, 1))),
+    ]:
+        active = aggregate_period(storage, [ALPHA, BETA], catalog, period, start, NOW).active_users
+        expected = dict(zip(active["deployment"], active["active_users"]))
+        got = dict(zip(*(frame.loc[frame["period_start"] == start, c] for c in ("deployment", column))))
+        assert got == expected and expected["all"] > 0, (period, start)
