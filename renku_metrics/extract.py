@@ -19,7 +19,7 @@ import pandas as pd
 from renku_metrics.config import Deployment
 from renku_metrics.events import ACTIONS, RejectedRecord, TimeWindow, events_frame, to_arrow, validate_events
 from renku_metrics.sources import source_module
-from renku_metrics.sources.base import SourceError
+from renku_metrics.sources.base import ConfigError, SourceError
 from renku_metrics.storage import Storage, manifest_key, raw_events_key, rejected_key
 
 
@@ -43,6 +43,17 @@ class DayExtract:
 
 def _rejected_line(record: RejectedRecord) -> str:
     return json.dumps({"source": record.source, "reason": record.reason, "record": record.record}, default=str, sort_keys=True)
+
+
+def build_sources(deployment: Deployment, env: Mapping[str, str]) -> dict[str, Any]:
+    """One source object per configured source type (secrets are read from ``env`` here)."""
+    built = {}
+    for source_type, settings in deployment.sources.items():
+        try:
+            built[source_type] = source_module(source_type).Source(deployment.name, settings, env)
+        except ConfigError as exc:
+            raise ConfigError(f"deployment {deployment.name!r}, source {source_type!r}: {exc}") from exc
+    return built
 
 
 def _previous_day(storage: Storage, deployment: str, day: dt.date) -> tuple[pd.DataFrame, dict] | None:
@@ -82,15 +93,20 @@ def extract_day(
     day: dt.date,
     env: Mapping[str, str] | None = None,
     now: dt.datetime | None = None,
+    sources_by_type: Mapping[str, Any] | None = None,
 ) -> DayExtract:
-    """Extract all sources of ``deployment`` for the UTC day ``day`` and store the result."""
+    """Extract all sources of ``deployment`` for the UTC day ``day`` and store the result.
+
+    ``sources_by_type`` lets a multi-day run reuse its source objects (and their
+    caches, e.g. GitLab user lookups); by default they are built here.
+    """
     env = os.environ if env is None else env
     now = now or dt.datetime.now(dt.timezone.utc)
+    built = sources_by_type or build_sources(deployment, env)
     window = TimeWindow.for_day(day)
     frames, rejected, sources = [], [], {}
     previous = _previous_day(storage, deployment.name, day)
-    for source_type, settings in deployment.sources.items():
-        source = source_module(source_type).Source(deployment.name, settings, env)
+    for source_type, source in built.items():
         try:
             result = source.extract(window)
         except SourceError:

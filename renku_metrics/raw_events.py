@@ -34,7 +34,7 @@ from dagster import (
 
 from renku_metrics.config import Deployment
 from renku_metrics.events import ACTIONS
-from renku_metrics.extract import DayExtract, extract_day
+from renku_metrics.extract import DayExtract, build_sources, extract_day
 from renku_metrics.partitions import daily_partitions
 from renku_metrics.resources import MetricsStorageResource
 from renku_metrics.storage import Storage, manifest_key, raw_events_key
@@ -178,8 +178,9 @@ def build_raw_events_asset(deployment: Deployment) -> AssetsDefinition:
         window = context.partition_time_window
         day = window.start.date()
         extracts = []
+        sources = build_sources(deployment, os.environ)  # one per run: caches span the days
         while day < window.end.date():
-            extract = extract_day(storage, deployment, day, env=os.environ)
+            extract = extract_day(storage, deployment, day, env=os.environ, sources_by_type=sources)
             context.log.info(
                 "%s %s: %d events, %d rejected%s", deployment.name, day, extract.row_count, extract.rejected_count,
                 "" if extract.complete else f", INCOMPLETE ({'; '.join(extract.incomplete)})",
