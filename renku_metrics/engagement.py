@@ -105,10 +105,6 @@ def _today(now: dt.datetime) -> dt.date:
     return now.astimezone(dt.timezone.utc).date()
 
 
-def _utc(day: dt.date) -> dt.datetime:
-    return dt.datetime.combine(day, dt.time(), dt.timezone.utc)
-
-
 # --------------------------------------------------------------------------- coverage
 
 
@@ -347,8 +343,8 @@ def lifecycle(
     history_weeks, history_complete, complete, coverage_note, computed_at.
 
     ``complete`` is true only when this period and the previous one have ended and
-    were extracted in full, and the history before the previous period is
-    complete (``history_complete``, see ``HistoryStatus``).
+    were extracted in full, and the history before the period is complete
+    (``history_complete``, see ``HistoryStatus``).
     """
     starts = _as_list(start)
     today = _today(now)
