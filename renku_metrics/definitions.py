@@ -44,7 +44,7 @@ def build_defs(
         schedules.append(schedule)
     checks = [
         *build_raw_events_freshness_checks([a.key for a in raw_assets]),
-        *build_weekly_freshness_checks([a.key for a in weekly]),
+        *build_weekly_freshness_checks([a.key for a in [*weekly, *engagement["week"]]]),
     ]
     return Definitions(
         assets=[*raw_assets, *weekly, *monthly, *engagement["week"], *engagement["month"]],

@@ -33,5 +33,7 @@ def test_notebook_executes(tmp_path, monkeypatch):
     assert "5 weekly rows" not in outputs and "weekly rows" in outputs
     assert (tmp_path / "weekly_share.png").stat().st_size > 10_000
     assert (tmp_path / "weekly_active_users.png").exists()
+    assert (tmp_path / "weekly_lifecycle.png").stat().st_size > 10_000
+    assert "Share (%) of each weekly cohort" in outputs and "wau_mau" in outputs
     errors = [o for cell in notebook.cells for o in cell.get("outputs", []) if o.get("output_type") == "error"]
     assert not errors
