@@ -325,6 +325,25 @@ GROUP BY b.period_start, b.deployment
 """
 
 
+
+def _history_fields(name: str, history: dict, parts: dict, all_complete: bool, all_note: str) -> dict:
+    """history_weeks, history_complete, complete and coverage_note of one row (``all`` combines them)."""
+    if name == ALL_DEPLOYMENTS:
+        return {
+            "history_weeks": min((h.weeks for h in history.values()), default=0),
+            "history_complete": bool(history) and all(h.complete for h in history.values()),
+            "complete": all_complete,
+            "coverage_note": all_note,
+        }
+    complete, note = parts[name]
+    return {
+        "history_weeks": history[name].weeks,
+        "history_complete": history[name].complete,
+        "complete": complete,
+        "coverage_note": note,
+    }
+
+
 def lifecycle(
     storage: Storage,
     deployments: Sequence[Deployment],
@@ -403,14 +422,7 @@ def lifecycle(
             }
             for col in LIFECYCLE_COUNTS:
                 row[col] = 0 if values is None else int(values[col])
-            if name == ALL_DEPLOYMENTS:
-                row["history_weeks"] = min((h.weeks for h in history.values()), default=0)
-                row["history_complete"] = bool(history) and all(h.complete for h in history.values())
-                row["complete"], row["coverage_note"] = all_complete, all_note
-            else:
-                row["history_weeks"] = history[name].weeks
-                row["history_complete"] = history[name].complete
-                row["complete"], row["coverage_note"] = parts[name]
+            row.update(_history_fields(name, history, parts, all_complete, all_note))
             rows.append(row)
     frame = pd.DataFrame(rows)
     for col in (*LIFECYCLE_COUNTS, "history_weeks"):
@@ -634,14 +646,7 @@ def retention(
                 row[retention_column(k)] = round(100.0 * value / cohort, 2) if value is not None and cohort else None
             row["weeks_observed"] = len(observed)
             row["observed_until"] = observed_until
-            if name == ALL_DEPLOYMENTS:
-                row["history_weeks"] = min((h.weeks for h in history.values()), default=0)
-                row["history_complete"] = bool(history) and all(h.complete for h in history.values())
-                row["complete"], row["coverage_note"] = all_complete, all_note
-            else:
-                row["history_weeks"] = history[name].weeks
-                row["history_complete"] = history[name].complete
-                row["complete"], row["coverage_note"] = parts[name]
+            row.update(_history_fields(name, history, parts, all_complete, all_note))
             rows.append(row)
     frame = pd.DataFrame(rows)
     for col in ("cohort_users", "weeks_observed", "history_weeks"):
