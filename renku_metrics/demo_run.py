@@ -51,7 +51,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--weeks", type=int, default=12)
     parser.add_argument("--today", type=dt.date.fromisoformat, default=dt.datetime.now(dt.timezone.utc).date())
     args = parser.parse_args(argv)
-    warnings.filterwarnings("ignore", category=Warning, module="dagster")
+    # Dagster flags some parameters as beta and the freshness-check builders as
+    # superseded; both work as documented, and the warnings would bury the table.
+    import dagster
+
+    for category in (dagster.BetaWarning, dagster.PreviewWarning, dagster.SupersessionWarning):
+        warnings.filterwarnings("ignore", category=category)
 
     from renku_metrics.definitions import build_defs
     from renku_metrics.readers import read_metrics
