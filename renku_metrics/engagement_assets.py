@@ -46,6 +46,7 @@ from renku_metrics.config import MetricsConfig
 from renku_metrics.partitions import monthly_partitions, weekly_partitions
 from renku_metrics.raw_events import OWNERS, raw_events_key_of
 from renku_metrics.resources import MetricsStorageResource
+from renku_metrics.run_metadata import partition_metadata
 from renku_metrics.storage import metrics_key
 
 GROUP = "engagement"
@@ -335,18 +336,27 @@ def _build(
                     },
                 )
             )
-        last = frame[frame["period_start"] == requested[-1]]
         shown = sorted(frame["period_start"].unique())[-(1 + refresh_before) :]
-        meta = {
-            "dagster/row_count": int((frame["period_start"] >= requested[0]).sum()),
-            "dagster/uri": MetadataValue.path(storage.uri(metrics_key(name, requested[-1]))),
-            "periods": len(requested),
-            "table": MetadataValue.md(markdown(frame[frame["period_start"].isin(shown)])),
-            "complete": bool(last["complete"].all()),
+        per_period = {}
+        for start in requested:
+            rows = frame[frame["period_start"] == start]
+            per_period[start.isoformat()] = {
+                "dagster/row_count": len(rows),
+                "dagster/uri": MetadataValue.path(storage.uri(metrics_key(name, start))),
+                "table": MetadataValue.md(markdown(rows)),
+                "complete": bool(rows["complete"].all()),
+                **headline(rows, rows),
+            }
+        summary = {
+            "run_periods": len(requested),
+            "run_first_period": requested[0].isoformat(),
+            "run_last_period": requested[-1].isoformat(),
+            "run_rows": int((frame["period_start"] >= requested[0]).sum()),
+            "run_latest_table": MetadataValue.md(markdown(frame[frame["period_start"].isin(shown)])),
         }
         if extra:
-            meta["refreshed_cohorts"] = f"{extra[0]}..{extra[-1]}"
-        meta.update(headline(frame, last))
+            summary["refreshed_cohorts"] = f"{extra[0]}..{extra[-1]}"
+        meta = partition_metadata(context, key, per_period, summary)
         results = [
             AssetCheckResult(check_name=n, passed=bool(passed), metadata=m)
             for n, (passed, m) in evaluate(frame, config).items()

@@ -43,6 +43,7 @@ from renku_metrics.config import MetricsConfig
 from renku_metrics.partitions import monthly_partitions, weekly_partitions
 from renku_metrics.raw_events import OWNERS, raw_events_key_of
 from renku_metrics.resources import MetricsStorageResource
+from renku_metrics.run_metadata import partition_metadata
 from renku_metrics.storage import Storage, metrics_key
 
 GROUP = "metrics"
@@ -182,6 +183,46 @@ def _markdown_active(frame: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
+def _active_metadata(storage: Storage, table: str, frame: pd.DataFrame) -> dict:
+    """Exact figures of one period (one partition) of the denominator."""
+    meta = {
+        "dagster/row_count": len(frame),
+        "dagster/uri": MetadataValue.path(storage.uri(metrics_key(table, frame["period_start"].iloc[0]))),
+        "table": MetadataValue.md(_markdown_active(frame)),
+        "complete": bool(frame["complete"].all()),
+    }
+    for r in frame.itertuples():
+        meta[f"{r.deployment}/active_users"] = int(r.active_users)
+    return meta
+
+
+def _core_metadata(storage: Storage, table: str, frame: pd.DataFrame) -> dict:
+    """Exact figures of one period (one partition) of the core actions: the numbers the UI plots."""
+    meta = {
+        "dagster/row_count": len(frame),
+        "dagster/uri": MetadataValue.path(storage.uri(metrics_key(table, frame["period_start"].iloc[0]))),
+        "table": MetadataValue.md(_markdown_core(frame)),
+        "complete": bool(frame["complete"].all()),
+    }
+    for r in frame.itertuples():
+        meta[f"{r.deployment}/{r.metric}/users"] = int(r.users)
+        if not pd.isna(r.pct):
+            meta[f"{r.deployment}/{r.metric}/pct"] = float(r.pct)
+    return meta
+
+
+def _run_summary(frames: list[pd.DataFrame], markdown) -> dict:
+    """What is true of a whole range run: periods covered and the latest period's table."""
+    last = frames[-1]
+    return {
+        "run_periods": len(frames),
+        "run_first_period": str(frames[0]["period_start"].iloc[0]),
+        "run_last_period": str(last["period_start"].iloc[0]),
+        "run_rows": sum(len(f) for f in frames),
+        "run_latest_table": MetadataValue.md(markdown(last)),
+    }
+
+
 def _check_results(frame: pd.DataFrame, config: MetricsConfig, keys: list[str]) -> list[AssetCheckResult]:
     return [
         AssetCheckResult(check_name=name, passed=bool(passed), metadata=meta)
@@ -227,16 +268,12 @@ def build_metric_assets(config: MetricsConfig, catalog: Catalog, period: str) ->
             storage.write_parquet(metrics_key(active_key.path[-1], start), _to_table(result.active_users))
             frames.append(result.active_users)
         frame = pd.concat(frames, ignore_index=True)
-        last = frames[-1]
-        meta = {
-            "dagster/row_count": len(frame),
-            "dagster/uri": MetadataValue.path(storage.uri(metrics_key(active_key.path[-1], last["period_start"].iloc[0]))),
-            "periods": len(frames),
-            "table": MetadataValue.md(_markdown_active(last)),
-            "complete": bool(last["complete"].all()),
-        }
-        for r in last.itertuples():
-            meta[f"{r.deployment}/active_users"] = int(r.active_users)
+        meta = partition_metadata(
+            context,
+            active_key,
+            {str(f["period_start"].iloc[0]): _active_metadata(storage, active_key.path[-1], f) for f in frames},
+            _run_summary(frames, _markdown_active),
+        )
         return MaterializeResult(metadata=meta, check_results=_check_results(frame, config, ["deployment", "period_start"]))
 
     @asset(
@@ -269,18 +306,12 @@ def build_metric_assets(config: MetricsConfig, catalog: Catalog, period: str) ->
             storage.write_parquet(metrics_key(core_key.path[-1], start), _to_table(frame))
             frames.append(frame)
         frame = pd.concat(frames, ignore_index=True)
-        last = frames[-1]
-        meta = {
-            "dagster/row_count": len(frame),
-            "dagster/uri": MetadataValue.path(storage.uri(metrics_key(core_key.path[-1], last["period_start"].iloc[0]))),
-            "periods": len(frames),
-            "table": MetadataValue.md(_markdown_core(last)),
-            "complete": bool(last["complete"].all()),
-        }
-        for r in last.itertuples():
-            meta[f"{r.deployment}/{r.metric}/users"] = int(r.users)
-            if not pd.isna(r.pct):
-                meta[f"{r.deployment}/{r.metric}/pct"] = float(r.pct)
+        meta = partition_metadata(
+            context,
+            core_key,
+            {str(f["period_start"].iloc[0]): _core_metadata(storage, core_key.path[-1], f) for f in frames},
+            _run_summary(frames, _markdown_core),
+        )
         checks = _check_results(frame, config, ["deployment", "period_start", "metric"])
         today = dt.datetime.now(dt.timezone.utc).date()
         for name, metric, target in targets:

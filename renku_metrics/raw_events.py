@@ -37,6 +37,7 @@ from renku_metrics.events import ACTIONS
 from renku_metrics.extract import DayExtract, build_sources, extract_day
 from renku_metrics.partitions import daily_partitions
 from renku_metrics.resources import MetricsStorageResource
+from renku_metrics.run_metadata import partition_metadata
 from renku_metrics.storage import Storage, manifest_key, raw_events_key
 
 GROUP = "raw_events"
@@ -118,40 +119,51 @@ def _description(deployment: Deployment) -> str:
     )
 
 
-def _metadata(storage: Storage, deployment: Deployment, extracts: list[DayExtract]) -> dict:
-    rows = sum(e.row_count for e in extracts)
-    rejected = sum(e.rejected_count for e in extracts)
-    last = extracts[-1]
+def _day_metadata(storage: Storage, extract: DayExtract) -> dict:
+    """Exact figures of one day (one partition)."""
+    meta = {
+        "dagster/row_count": extract.row_count,
+        "dagster/uri": MetadataValue.path(extract.events_uri),
+        "users": extract.users,
+        "rejected_records": extract.rejected_count,
+        "complete": extract.complete,
+    }
+    for action in ACTIONS:
+        meta[f"events_{action}"] = extract.by_action.get(action, 0)
+    for source, info in extract.sources.items():
+        for key, value in info.get("stats", {}).items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                meta[f"{source}/{key}"] = value
+    if extract.rejected_uri:
+        meta["rejected_uri"] = MetadataValue.path(extract.rejected_uri)
+    if extract.incomplete:
+        meta["coverage_gaps"] = MetadataValue.md("\n".join(f"- {g}" for g in extract.incomplete))
+    return meta
+
+
+def _run_summary(storage: Storage, deployment: Deployment, extracts: list[DayExtract]) -> dict:
+    """What is true of the whole run: days covered, totals and a per-day table."""
     table = ["| day | events | users | " + " | ".join(ACTIONS) + " | rejected | complete |", "|" + " --- |" * (len(ACTIONS) + 5)]
     for e in extracts[-31:]:
         counts = " | ".join(str(e.by_action.get(a, 0)) for a in ACTIONS)
         table.append(f"| {e.day} | {e.row_count} | {e.users} | {counts} | {e.rejected_count} | {'yes' if e.complete else 'NO'} |")
     if len(extracts) > 31:
         table.append(f"| ... {len(extracts) - 31} earlier days in this run |")
-    meta = {
-        "dagster/row_count": rows,
-        "dagster/uri": MetadataValue.path(last.events_uri if len(extracts) == 1 else storage.uri(f"raw_events/deployment={deployment.name}/")),
-        "days": len(extracts),
-        "rejected_records": rejected,
-        "incomplete_days": sum(1 for e in extracts if not e.complete),
-        "users": last.users,
+    summary = {
+        "run_days": len(extracts),
+        "run_first_day": extracts[0].day.isoformat(),
+        "run_last_day": extracts[-1].day.isoformat(),
+        "run_events": sum(e.row_count for e in extracts),
+        "run_rejected_records": sum(e.rejected_count for e in extracts),
+        "run_incomplete_days": sum(1 for e in extracts if not e.complete),
         "summary": MetadataValue.md("\n".join(table)),
     }
-    for action in ACTIONS:
-        meta[f"events_{action}"] = sum(e.by_action.get(action, 0) for e in extracts)
-    stats: dict[str, float] = {}
-    for e in extracts:
-        for source, info in e.sources.items():
-            for key, value in info.get("stats", {}).items():
-                if isinstance(value, (int, float)) and not isinstance(value, bool):
-                    stats[f"{source}/{key}"] = stats.get(f"{source}/{key}", 0) + value
-    meta.update(stats)
-    if rejected:
-        meta["rejected_uri"] = MetadataValue.path(storage.uri(f"rejected/deployment={deployment.name}/"))
     gaps = [f"{e.day}: {note}" for e in extracts for note in e.incomplete]
     if gaps:
-        meta["coverage_gaps"] = MetadataValue.md("\n".join(f"- {g}" for g in gaps[:50]))
-    return meta
+        summary["run_coverage_gaps"] = MetadataValue.md("\n".join(f"- {g}" for g in gaps[:50]))
+    if summary["run_rejected_records"]:
+        summary["run_rejected_prefix"] = MetadataValue.path(storage.uri(f"rejected/deployment={deployment.name}/"))
+    return summary
 
 
 def build_raw_events_asset(deployment: Deployment) -> AssetsDefinition:
@@ -209,7 +221,13 @@ def build_raw_events_asset(deployment: Deployment) -> AssetsDefinition:
                 },
             )
         )
-        return MaterializeResult(metadata=_metadata(storage, deployment, extracts), check_results=results)
+        metadata = partition_metadata(
+            context,
+            key,
+            {e.day.isoformat(): _day_metadata(storage, e) for e in extracts},
+            _run_summary(storage, deployment, extracts),
+        )
+        return MaterializeResult(metadata=metadata, check_results=results)
 
     return raw_events
 

@@ -68,10 +68,21 @@ def test_single_run_backfill_of_several_weeks(tmp_path, where, request, monkeypa
     assert len(runs) == 3
     assert len(materializations(weekly, "core_actions_weekly")) == 3  # one per weekly partition
     assert {m.partition for m in materializations(weekly, "core_actions_weekly")} == {"2025-03-03", "2025-03-10", "2025-03-17"}
+    # A range run's result carries only what is true of the whole run...
     meta = materializations(weekly, "core_actions_weekly")[0].materialization.metadata
-    assert meta["dagster/row_count"].value == 3 * 3 * 4  # weeks x (2 deployments + all) x metrics
-    assert "| demo |" in meta["table"].value
-    assert meta["dagster/uri"].value.startswith(root if where == "s3" else str(tmp_path))
+    assert meta["run_rows"].value == 3 * 3 * 4  # weeks x (2 deployments + all) x metrics
+    assert meta["run_periods"].value == 3
+    assert "| demo |" in meta["run_latest_table"].value
+    assert "dagster/row_count" not in meta and "demo/commit/users" not in meta
+    # ...and each partition's own numbers are observations of that partition.
+    observed = {
+        e.partition: e.asset_observation_data.asset_observation.metadata
+        for e in weekly.get_asset_observation_events()
+        if e.asset_key == AssetKey("core_actions_weekly")
+    }
+    assert set(observed) == {"2025-03-03", "2025-03-10", "2025-03-17"}
+    assert observed["2025-03-10"]["dagster/row_count"].value == 3 * 4
+    assert observed["2025-03-10"]["dagster/uri"].value.startswith(root if where == "s3" else str(tmp_path))
     failed = [(c.asset_key, c.check_name, c.metadata) for c in weekly.get_asset_check_evaluations() if not c.passed and not c.check_name.startswith("target_")]
     assert not failed
 
@@ -96,6 +107,8 @@ def test_single_run_backfill_of_several_weeks(tmp_path, where, request, monkeypa
     assert row["active_users"] == events["user_id"].nunique()
     assert row["users"] == events.loc[events["action"] == "commit", "user_id"].nunique()
     assert row["pct"] == pytest.approx(round(100 * row["users"] / row["active_users"], 2))
+    assert observed["2025-03-10"]["demo/commit/users"].value == row["users"]
+    assert observed["2025-03-10"]["demo/commit/pct"].value == pytest.approx(row["pct"])
 
     # When read from S3, the notebook API resolves the endpoint from AWS_ENDPOINT_URL.
     if where == "s3":
@@ -191,8 +204,8 @@ def test_incomplete_source_window_fails_warning_check_and_marks_period(tmp_path,
     coverage = [c for c in extract.get_asset_check_evaluations() if c.check_name == "source_coverage"][0]
     assert not coverage.passed and coverage.severity.value == "WARN"
     meta = materializations(extract, ["alpha", "raw_events"])[0].materialization.metadata
-    assert meta["incomplete_days"].value == 1
-    assert "expired" in meta["coverage_gaps"].value
+    assert meta["run_incomplete_days"].value == 1
+    assert "expired" in meta["run_coverage_gaps"].value
     run_range(defs, "weekly_metrics", "2025-03-03", "2025-03-03", instance)
     metrics = read_metrics("week", storage=root)
     assert not metrics["complete"].any()
