@@ -9,12 +9,14 @@ data stays intact; a rerun replaces the day, never appends to it.
 from __future__ import annotations
 
 import datetime as dt
+import io
 import json
 import os
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 import pandas as pd
+import pyarrow.parquet as pq
 
 from renku_metrics.config import Deployment
 from renku_metrics.events import ACTIONS, RejectedRecord, TimeWindow, events_frame, to_arrow, validate_events
@@ -35,6 +37,7 @@ class DayExtract:
     events_uri: str
     rejected_uri: str | None = None
     incomplete: list[str] = field(default_factory=list)
+    repeated_from_earlier_days: int = 0
 
     @property
     def complete(self) -> bool:
@@ -43,6 +46,43 @@ class DayExtract:
 
 def _rejected_line(record: RejectedRecord) -> str:
     return json.dumps({"source": record.source, "reason": record.reason, "record": record.record}, default=str, sort_keys=True)
+
+
+DEDUP_LOOKBACK_DAYS = 90
+
+
+class RecentEventIds:
+    """Event ids stored for a deployment on the days before a given day (bounded lookback).
+
+    Keeps what it has read, so a run over many consecutive days reads each day once.
+    """
+
+    def __init__(self, storage: Storage, deployment: str, lookback_days: int = DEDUP_LOOKBACK_DAYS) -> None:
+        self.storage = storage
+        self.deployment = deployment
+        self.lookback_days = lookback_days
+        self._by_day: dict[dt.date, set[str]] = {}
+
+    def _load(self, day: dt.date) -> set[str]:
+        if day not in self._by_day:
+            key = raw_events_key(self.deployment, day)
+            ids: set[str] = set()
+            if self.storage.exists(key):
+                table = pq.read_table(io.BytesIO(self.storage.read_bytes(key)), columns=["event_id"])
+                ids = set(table.column("event_id").to_pylist())
+            self._by_day[day] = ids
+        return self._by_day[day]
+
+    def before(self, day: dt.date) -> set[str]:
+        ids: set[str] = set()
+        for back in range(1, self.lookback_days + 1):
+            ids |= self._load(day - dt.timedelta(days=back))
+        for old in [d for d in self._by_day if d < day - dt.timedelta(days=self.lookback_days + 1)]:
+            del self._by_day[old]
+        return ids
+
+    def add(self, day: dt.date, ids: set[str]) -> None:
+        self._by_day[day] = ids
 
 
 def build_sources(deployment: Deployment, env: Mapping[str, str]) -> dict[str, Any]:
@@ -94,11 +134,14 @@ def extract_day(
     env: Mapping[str, str] | None = None,
     now: dt.datetime | None = None,
     sources_by_type: Mapping[str, Any] | None = None,
+    recent_ids: "RecentEventIds | None" = None,
 ) -> DayExtract:
     """Extract all sources of ``deployment`` for the UTC day ``day`` and store the result.
 
     ``sources_by_type`` lets a multi-day run reuse its source objects (and their
-    caches, e.g. GitLab user lookups); by default they are built here.
+    caches, e.g. GitLab user lookups); by default they are built here. Events whose
+    id was already stored on one of the previous ``DEDUP_LOOKBACK_DAYS`` days are
+    dropped and counted; ``recent_ids`` lets a multi-day run keep those ids in memory.
     """
     env = os.environ if env is None else env
     now = now or dt.datetime.now(dt.timezone.utc)
@@ -131,6 +174,13 @@ def extract_day(
     candidates = pd.concat(frames, ignore_index=True) if frames else events_frame([])
     valid, invalid = validate_events(candidates, window, deployment.name)
     rejected.extend(invalid)
+    # The same upstream record can surface again on a later day (a commit pushed to a
+    # branch, then fast-forwarded onto master by someone else): the first day wins.
+    earlier = recent_ids.before(day) if recent_ids is not None else RecentEventIds(storage, deployment.name).before(day)
+    repeated = valid["event_id"].isin(earlier)
+    valid = valid[~repeated].reset_index(drop=True)
+    if recent_ids is not None:
+        recent_ids.add(day, set(valid["event_id"]))
 
     storage.write_parquet(raw_events_key(deployment.name, day), to_arrow(valid))
     rkey = rejected_key(deployment.name, day)
@@ -148,6 +198,7 @@ def extract_day(
         "row_count": int(len(valid)),
         "rejected_count": len(rejected),
         "users": int(valid["user_id"].nunique()) if len(valid) else 0,
+        "repeated_from_earlier_days": int(repeated.sum()),
         "by_action": by_action,
         "sources": sources,
     }
@@ -163,4 +214,5 @@ def extract_day(
         events_uri=storage.uri(raw_events_key(deployment.name, day)),
         rejected_uri=storage.uri(rkey) if rejected else None,
         incomplete=incomplete,
+        repeated_from_earlier_days=int(repeated.sum()),
     )

@@ -34,7 +34,7 @@ from dagster import (
 
 from renku_metrics.config import Deployment
 from renku_metrics.events import ACTIONS
-from renku_metrics.extract import DayExtract, build_sources, extract_day
+from renku_metrics.extract import DayExtract, RecentEventIds, build_sources, extract_day
 from renku_metrics.partitions import daily_partitions
 from renku_metrics.resources import MetricsStorageResource
 from renku_metrics.run_metadata import partition_metadata
@@ -126,6 +126,7 @@ def _day_metadata(storage: Storage, extract: DayExtract) -> dict:
         "dagster/uri": MetadataValue.path(extract.events_uri),
         "users": extract.users,
         "rejected_records": extract.rejected_count,
+        "repeated_from_earlier_days": extract.repeated_from_earlier_days,
         "complete": extract.complete,
     }
     for action in ACTIONS:
@@ -191,8 +192,11 @@ def build_raw_events_asset(deployment: Deployment) -> AssetsDefinition:
         day = window.start.date()
         extracts = []
         sources = build_sources(deployment, os.environ)  # one per run: caches span the days
+        recent_ids = RecentEventIds(storage, deployment.name)
         while day < window.end.date():
-            extract = extract_day(storage, deployment, day, env=os.environ, sources_by_type=sources)
+            extract = extract_day(
+                storage, deployment, day, env=os.environ, sources_by_type=sources, recent_ids=recent_ids
+            )
             context.log.info(
                 "%s %s: %d events, %d rejected%s", deployment.name, day, extract.row_count, extract.rejected_count,
                 "" if extract.complete else f", INCOMPLETE ({'; '.join(extract.incomplete)})",

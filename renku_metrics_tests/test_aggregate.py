@@ -209,3 +209,32 @@ def test_excluded_users_left_out_at_aggregation(tmp_path, storage, fixture_sourc
         assert cell(after, "alpha", "commit") == 1
         assert cell(after, "alpha") == 1
         assert after.excluded_users["alpha"] == 1
+
+
+def test_record_repeated_on_a_later_day_counts_once_on_its_first_day(tmp_path, storage, fixture_source):
+    # A commit pushed on Tuesday by alice, then fast-forwarded onto master by dave on
+    # Thursday: the connector sees the same upstream record (same id) twice.
+    config = write_config(
+        tmp_path,
+        {
+            "alpha": {
+                "start_date": "2025-03-03",
+                "events": [
+                    ev("2025-03-04T10:00:00+00:00", "alice", "commit", id="sha-1"),
+                    ev("2025-03-06T10:00:00+00:00", "dave", "commit", id="sha-1"),
+                    ev("2025-03-06T10:00:00+00:00", "dave", "login"),
+                ],
+            }
+        },
+    )
+    extract_days(storage, config, "2025-03-03", "2025-03-09")
+    manifest = storage.read_json("raw_events/deployment=alpha/date=2025-03-06/_manifest.json")
+    assert manifest["repeated_from_earlier_days"] == 1
+    week = aggregate_period(storage, config.deployments, CATALOG, "week", dt.date(2025, 3, 3), NOW)
+    assert cell(week, "alpha", "commit") == 1  # alice only
+    assert cell(week, "alpha") == 2  # dave is still active through his login
+    # Re-extracting the later day keeps it deduplicated; re-extracting the first keeps alice.
+    extract_days(storage, config, "2025-03-06", "2025-03-06")
+    extract_days(storage, config, "2025-03-04", "2025-03-04")
+    week = aggregate_period(storage, config.deployments, CATALOG, "week", dt.date(2025, 3, 3), NOW)
+    assert cell(week, "alpha", "commit") == 1
