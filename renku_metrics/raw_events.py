@@ -185,6 +185,7 @@ def build_raw_events_asset(deployment: Deployment) -> AssetsDefinition:
         metadata={"deployment": deployment.name, "sources": ", ".join(deployment.sources)},
         check_specs=specs,
         tags={"deployment": deployment.name},
+        pool=f"extract_{deployment.name}",  # one extract per deployment at a time (dagster.yaml)
     )
     def raw_events(context: AssetExecutionContext, metrics_storage: MetricsStorageResource) -> MaterializeResult:
         storage = metrics_storage.get_storage()

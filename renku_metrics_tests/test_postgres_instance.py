@@ -31,6 +31,8 @@ def test_materialize_with_postgres_instance(tmp_path, postgres_db, monkeypatch):
         assert type(instance.schedule_storage).__name__ == "PostgresScheduleStorage"
         assert type(instance.run_coordinator).__name__ == "QueuedRunCoordinator"
         assert instance.run_retries_enabled and instance.run_retries_max_retries == 2
+        assert instance.get_concurrency_config().run_queue_config.max_concurrent_runs == 4
+        assert instance.get_concurrency_config().pool_config.default_pool_limit == 1
         result = materialize([asset], partition_key="2025-03-04", instance=instance)
         assert result.success
         record = instance.get_latest_materialization_event(AssetKey(["demo", "raw_events"]))
