@@ -114,7 +114,7 @@ def coverage_for(storage: Storage, deployment: Deployment, start: dt.date, end: 
         days_extracted=extracted,
         event_keys=keys,
         incomplete_sources=incomplete,
-        history_starts_inside=deployment.start_date > start,
+        history_starts_inside=deployment.start_date > start and not deployment.launched_on_start_date,
     )
 
 

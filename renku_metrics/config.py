@@ -5,6 +5,9 @@ File format (see README "Deployments")::
     deployments:
       - name: renkulab              # [a-z0-9_-], unique; becomes part of asset keys
         start_date: 2023-01-01      # first UTC day of history to extract
+        launched_on_start_date: false  # optional: true when nobody used the deployment
+                                    # before start_date (its history is then complete
+                                    # from day one; otherwise periods need a warm-up)
         excluded_users: [...]       # optional: Keycloak ids or stored user keys left
                                     # out when aggregating (bots, tests, staff)
         sources:
@@ -36,7 +39,7 @@ DEPLOYMENTS_ENV = "RENKU_METRICS_DEPLOYMENTS"
 
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 _USER_KEY = re.compile(r"^([0-9a-f]{32}|gitlab:[0-9]+)$")
-_DEPLOYMENT_KEYS = {"name", "start_date", "sources", "excluded_users", "description"}
+_DEPLOYMENT_KEYS = {"name", "start_date", "sources", "excluded_users", "description", "launched_on_start_date"}
 _RESERVED_NAMES = {"all"}
 
 
@@ -47,6 +50,9 @@ class Deployment:
     sources: dict[str, SettingsBase]
     excluded_users: tuple[str, ...] = ()
     description: str = ""
+    # True when the deployment had no activity before start_date: a period that starts
+    # before it is then not "partly before history", and first-seen users are new.
+    launched_on_start_date: bool = False
 
     def excluded_user_keys(self) -> list[str]:
         """Exclusions as stored user keys (Keycloak ids are pseudonymized)."""
@@ -148,6 +154,9 @@ def parse_config(
         description = item.get("description", "")
         if not isinstance(description, str):
             raise ConfigError(f"{where}: description must be text")
+        launched = item.get("launched_on_start_date", False)
+        if not isinstance(launched, bool):
+            raise ConfigError(f"{where}: launched_on_start_date must be true or false, got {launched!r}")
         deployments.append(
             Deployment(
                 name=name,
@@ -155,6 +164,7 @@ def parse_config(
                 sources=sources,
                 excluded_users=tuple(excluded),
                 description=description,
+                launched_on_start_date=launched,
             )
         )
     return MetricsConfig(path=path, deployments=tuple(deployments))

@@ -113,7 +113,8 @@ class HistoryStatus:
     """Whether "first seen" can be read as "first ever" for a period starting on ``before``.
 
     ``complete`` is true when the deployment's ``start_date`` lies at least the
-    warm-up (HISTORY_WARMUP_WEEKS) before ``before`` and every day of the warm-up
+    warm-up (HISTORY_WARMUP_WEEKS) before ``before`` (or the deployment is configured
+    as ``launched_on_start_date``: nobody used it earlier) and every day of the warm-up
     span just before it was extracted with all sources complete. Gaps older than
     the warm-up only go into the note: like activity before ``start_date``, they
     can make a user who was away for longer than the warm-up look new.
@@ -178,7 +179,7 @@ class DeploymentDays:
             days_extracted=extracted,
             event_keys=self.event_keys(first, last),
             incomplete_sources=incomplete,
-            history_starts_inside=self.deployment.start_date > start,
+            history_starts_inside=self.deployment.start_date > start and not self.deployment.launched_on_start_date,
         )
 
     def _gaps(self, start: dt.date, end: dt.date) -> tuple[int, int]:
@@ -192,7 +193,7 @@ class DeploymentDays:
         weeks = max(0, (before - start_date).days // 7)
         warm_start = before - dt.timedelta(weeks=warmup_weeks)
         notes, complete = [], True
-        if start_date > warm_start:
+        if start_date > warm_start and not self.deployment.launched_on_start_date:
             complete = False
             notes.append(
                 f"only {weeks} week(s) of history before {before.isoformat()} (start_date {start_date.isoformat()}, "

@@ -32,8 +32,9 @@ def write_config(tmp_path: Path, deployments: dict[str, dict]) -> MetricsConfig:
             if key in spec:
                 settings[key] = spec[key]
         item = {"name": name, "start_date": spec["start_date"], "sources": {"fixture": settings}}
-        if "excluded_users" in spec:
-            item["excluded_users"] = spec["excluded_users"]
+        for key in ("excluded_users", "launched_on_start_date"):
+            if key in spec:
+                item[key] = spec[key]
         items.append(item)
     path = tmp_path / "deployments.yaml"
     path.write_text(yaml.safe_dump({"deployments": items}))

@@ -238,3 +238,20 @@ def test_record_repeated_on_a_later_day_counts_once_on_its_first_day(tmp_path, s
     extract_days(storage, config, "2025-03-04", "2025-03-04")
     week = aggregate_period(storage, config.deployments, CATALOG, "week", dt.date(2025, 3, 3), NOW)
     assert cell(week, "alpha", "commit") == 1
+
+
+def test_deployment_launched_on_start_date_has_complete_history(tmp_path, storage, fixture_source):
+    from renku_metrics.engagement import lifecycle
+
+    events = [ev("2025-03-05T10:00:00+00:00", "first-user", "login"), ev("2025-03-12T10:00:00+00:00", "first-user", "login")]
+    spec = {"start_date": "2025-03-05", "events": events}  # a Wednesday
+    for launched in (False, True):
+        config = write_config(tmp_path, {"alpha": {**spec, "launched_on_start_date": launched}})
+        extract_days(storage, config, "2025-03-05", "2025-03-16")
+        week = aggregate_period(storage, config.deployments, CATALOG, "week", dt.date(2025, 3, 3), NOW)
+        # Nobody could have been active before the launch: the straddling week is final.
+        assert bool(cell(week, "alpha", column="complete")) is launched
+        rows = lifecycle(storage, config.deployments, "week", [dt.date(2025, 3, 10)], NOW)
+        row = rows[rows["deployment"] == "alpha"].iloc[0]
+        assert bool(row["history_complete"]) is launched
+        assert row["returning_users"] == 1

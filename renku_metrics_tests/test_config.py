@@ -44,6 +44,7 @@ def test_env_var_selects_file(tmp_path):
         ({"deployments": [demo(sources={"demo": {"seed": "x"}})]}, "sources.demo.seed: expected an integer"),
         ({"deployments": [demo(sources={"demo": {"sead": 1}})]}, "sources.demo: unknown key 'sead'"),
         ({"deployments": []}, "non-empty list"),
+        ({"deployments": [demo(launched_on_start_date="yes")]}, "deployment 'alpha': launched_on_start_date must be true or false"),
         ({"deployment": []}, "single top-level key 'deployments'"),
         ("deployments: [", "not valid YAML"),
     ],
