@@ -9,6 +9,7 @@ the naive baseline of loading all history into pandas, measured in the same run.
 from __future__ import annotations
 
 import datetime as dt
+import resource
 import statistics
 import tempfile
 import time
@@ -52,6 +53,7 @@ def main() -> None:
             day += dt.timedelta(days=1)
         extract_s = time.perf_counter() - t0
         print(f"extract + store 364 days: {extract_s:.2f} s, {events} events, {events / extract_s:,.0f} events/s")
+        rss_after_extract = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
         early = dt.date(2025, 1, 27)  # 4th week of history
         late = dt.date(2025, 12, 29)  # 52nd week of history
@@ -65,9 +67,13 @@ def main() -> None:
             week = frame[(frame["occurred_at"] >= pd.Timestamp(late, tz="UTC")) & (frame["occurred_at"] < pd.Timestamp(late + dt.timedelta(days=7), tz="UTC"))]
             week.groupby("action")["user_id"].nunique()
 
+        rss_after_aggregate = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         naive_s = timed(naive, repeat=3)
+        rss_after_naive = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         print(f"baseline, load all history into pandas then aggregate week 52: {naive_s * 1000:.1f} ms "
               f"(DuckDB per-period is {naive_s / late_s:.1f}x faster)")
+        print(f"peak RSS: {rss_after_extract:.0f} MiB after extraction, {rss_after_aggregate:.0f} MiB after the "
+              f"DuckDB aggregations, {rss_after_naive:.0f} MiB after the pandas baseline")
 
 
 if __name__ == "__main__":
