@@ -177,7 +177,8 @@ def extract_day(
     # The same upstream record can surface again on a later day (a commit pushed to a
     # branch, then fast-forwarded onto master by someone else): the first day wins.
     earlier = recent_ids.before(day) if recent_ids is not None else RecentEventIds(storage, deployment.name).before(day)
-    repeated = valid["event_id"].isin(earlier)
+    # A set lookup per row: pandas' isin would rebuild the (large) lookup on every call.
+    repeated = pd.Series([e in earlier for e in valid["event_id"].tolist()], index=valid.index, dtype=bool)
     valid = valid[~repeated].reset_index(drop=True)
     if recent_ids is not None:
         recent_ids.add(day, set(valid["event_id"]))

@@ -20,7 +20,7 @@ import pandas as pd
 from renku_metrics.aggregate import aggregate_period
 from renku_metrics.catalog import load_catalog
 from renku_metrics.config import parse_config
-from renku_metrics.extract import extract_day
+from renku_metrics.extract import RecentEventIds, build_sources, extract_day
 from renku_metrics.readers import read_events
 from renku_metrics.storage import LocalStorage
 
@@ -48,8 +48,10 @@ def main() -> None:
         storage = LocalStorage(Path(tmp))
         t0 = time.perf_counter()
         day, events = deployment.start_date, 0
+        # As the raw events asset does in a range run: sources and recent ids kept across days.
+        sources, recent = build_sources(deployment, {}), RecentEventIds(storage, deployment.name)
         for _ in range(364):
-            events += extract_day(storage, deployment, day, env={}, now=NOW).row_count
+            events += extract_day(storage, deployment, day, env={}, now=NOW, sources_by_type=sources, recent_ids=recent).row_count
             day += dt.timedelta(days=1)
         extract_s = time.perf_counter() - t0
         print(f"extract + store 364 days: {extract_s:.2f} s, {events} events, {events / extract_s:,.0f} events/s")
