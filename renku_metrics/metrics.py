@@ -30,14 +30,16 @@ from dagster import (
     DefaultScheduleStatus,
     MaterializeResult,
     MetadataValue,
+    RunRequest,
+    ScheduleEvaluationContext,
     TimeWindowPartitionMapping,
     asset,
-    build_schedule_from_partitioned_job,
     build_time_partition_freshness_checks,
     define_asset_job,
+    schedule,
 )
 
-from renku_metrics.aggregate import ALL_DEPLOYMENTS, PeriodAggregate, aggregate_period, period_bounds
+from renku_metrics.aggregate import ALL_DEPLOYMENTS, PeriodAggregate, aggregate_period, coverage_for, period_bounds, week_start
 from renku_metrics.catalog import Catalog, Metric, Target, metric_description
 from renku_metrics.config import MetricsConfig
 from renku_metrics.partitions import monthly_partitions, weekly_partitions
@@ -340,8 +342,48 @@ def join_denominator(storage: Storage, result: PeriodAggregate, active_table: st
     return core[columns]
 
 
+RECHECK_PERIODS = {"week": 4, "month": 2}
+
+
+def periods_to_aggregate(
+    storage: Storage, config: MetricsConfig, period: str, today: dt.date, recheck: int | None = None
+) -> list[dt.date]:
+    """The period that just ended, plus earlier ones (up to ``recheck``) whose stored
+    denominator is missing or incomplete although all their days are now extracted in
+    full (e.g. a day re-extracted by the daily schedule after an upstream caught up)."""
+    recheck = RECHECK_PERIODS[period] if recheck is None else recheck
+    current = week_start(today) if period == "week" else today.replace(day=1)
+    first = week_start(config.earliest_start) if period == "week" else config.earliest_start.replace(day=1)
+    starts = []
+    start = current
+    for _ in range(recheck + 1):
+        start = start - dt.timedelta(weeks=1) if period == "week" else (start - dt.timedelta(days=1)).replace(day=1)
+        if start < first:
+            break
+        starts.append(start)
+    wanted = starts[:1]
+    for start in starts[1:]:
+        key = metrics_key(active_users_name(period), start)
+        stored_complete = storage.exists(key) and bool(storage.read_parquet(key).to_pandas()["complete"].all())
+        if stored_complete:
+            continue
+        end = period_bounds(period, start)[1]
+        now_complete = all(
+            coverage_for(storage, d, start, end, today).is_complete(True)
+            for d in config.deployments
+            if d.start_date < end
+        )
+        if now_complete:
+            wanted.append(start)
+    return sorted(wanted)
+
+
 def build_period_job_and_schedule(config: MetricsConfig, period: str, assets: list[AssetsDefinition]):
-    """Weekly: Mondays 04:00 UTC for the week just ended. Monthly: the 1st, 05:00 UTC."""
+    """Weekly: Mondays 04:00 UTC for the week just ended. Monthly: the 1st, 05:00 UTC.
+
+    Each tick also reruns earlier periods (4 weeks, 2 months) that were aggregated
+    while some of their days were incomplete and have since been completed.
+    """
     partitions = weekly_partitions(config.earliest_start) if period == "week" else monthly_partitions(config.earliest_start)
     name = f"{PERIODS[period]}_metrics"
     job = define_asset_job(
@@ -349,16 +391,28 @@ def build_period_job_and_schedule(config: MetricsConfig, period: str, assets: li
         # The assets with their own checks; freshness checks are left to their sensor.
         selection=AssetSelection.assets(*assets).without_checks() | AssetSelection.checks(*assets),
         partitions_def=partitions,
-        description=f"Aggregate the {PERIODS[period]} metrics of the period just ended.",
+        description=f"Aggregate the {PERIODS[period]} metrics of a period.",
     )
-    schedule = build_schedule_from_partitioned_job(
-        job,
+
+    @schedule(
         name=f"{name}_schedule",
-        hour_of_day=4 if period == "week" else 5,
-        minute_of_hour=0,
+        job=job,
+        cron_schedule="0 4 * * 1" if period == "week" else "0 5 1 * *",
+        execution_timezone="UTC",
         default_status=DefaultScheduleStatus.RUNNING,
+        description=(
+            f"Aggregates the {period} just ended, and reruns earlier {period}s that were aggregated "
+            "incomplete but whose days have all been extracted in full since."
+        ),
     )
-    return job, schedule
+    def period_schedule(context: ScheduleEvaluationContext, metrics_storage: MetricsStorageResource):
+        when = context.scheduled_execution_time or dt.datetime.now(dt.timezone.utc)
+        today = when.astimezone(dt.timezone.utc).date()
+        storage = metrics_storage.get_storage()
+        for start in periods_to_aggregate(storage, config, period, today):
+            yield RunRequest(run_key=f"{start.isoformat()}@{today.isoformat()}", partition_key=start.isoformat())
+
+    return job, period_schedule
 
 
 def build_weekly_freshness_checks(keys: list[AssetKey]):

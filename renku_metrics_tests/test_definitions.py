@@ -115,3 +115,46 @@ def test_daily_schedule_requests_yesterday_and_retries_incomplete_days(tmp_path,
     # 03-09 is yesterday; 03-05 was incomplete; 03-02 is missing but outside the 7-day lookback.
     assert [r.partition_key for r in requests] == ["2025-03-05", "2025-03-09"]
     assert len({r.run_key for r in requests}) == 2
+
+
+def test_weekly_schedule_reruns_weeks_completed_since(tmp_path, fixture_source):
+    import datetime as dt
+
+    from dagster import DagsterInstance, build_schedule_context
+    from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
+
+    from renku_metrics.extract import extract_day
+    from renku_metrics.resources import MetricsStorageResource
+    from renku_metrics.storage import open_storage
+
+    from .helpers import NOW, ev, write_config
+
+    events = [ev("2025-03-04T10:00:00+00:00", "u", "login")]
+    root = str(tmp_path / "data")
+    storage = open_storage(root)
+    late = write_config(tmp_path, {"alpha": {"start_date": "2025-03-03", "events": events, "incomplete_on_day": "2025-03-05"}})
+    for day in range(3, 24):
+        extract_day(storage, late.deployment("alpha"), dt.date(2025, 3, day), env={}, now=NOW)
+    defs = build_defs(config=late, storage_root=root)
+    defs.resolve_job_def("weekly_metrics").execute_in_process(
+        instance=DagsterInstance.ephemeral(),
+        tags={ASSET_PARTITION_RANGE_START_TAG: "2025-03-03", ASSET_PARTITION_RANGE_END_TAG: "2025-03-17"},
+        run_config={"loggers": {"console": {"config": {"log_level": "ERROR"}}}},
+    )
+    schedule = defs.get_repository_def().get_schedule_def("weekly_metrics_schedule")
+
+    def requested():
+        when = dt.datetime(2025, 3, 24, 4, tzinfo=dt.timezone.utc)
+        with build_schedule_context(
+            scheduled_execution_time=when,
+            resources={"metrics_storage": MetricsStorageResource(root=root)},
+            repository_def=defs.get_repository_def(),
+        ) as context:
+            return [r.partition_key for r in schedule.evaluate_tick(context).run_requests]
+
+    # The week of 03-03 is stored incomplete and its day 03-05 is still incomplete: only the week just ended.
+    assert requested() == ["2025-03-17"]
+    # The daily schedule later re-extracts 03-05 in full: that week is aggregated again.
+    fixed = write_config(tmp_path, {"alpha": {"start_date": "2025-03-03", "events": events}})
+    extract_day(storage, fixed.deployment("alpha"), dt.date(2025, 3, 5), env={}, now=NOW)
+    assert requested() == ["2025-03-03", "2025-03-17"]
