@@ -1,7 +1,6 @@
 import datetime as dt
 import hashlib
 
-import pandas as pd
 import pytest
 
 from renku_metrics.events import (

@@ -9,7 +9,7 @@ import boto3
 import pyarrow as pa
 import pytest
 
-from renku_metrics.storage import LocalStorage, S3Storage, StorageError, open_storage
+from renku_metrics.storage import LocalStorage, StorageError, open_storage
 
 
 @pytest.fixture(params=["local", "s3"])

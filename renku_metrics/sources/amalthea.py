@@ -70,23 +70,20 @@ class Settings(SettingsBase):
     read_timeout_seconds: float = 60.0
     max_attempts: int = 5
 
-    @classmethod
-    def from_mapping(cls, mapping: Any, where: str) -> "Settings":
-        settings = super().from_mapping(mapping, where)
-        if bool(settings.access_key_id_env) != bool(settings.secret_access_key_env):
+    def validate(self, where: str) -> None:
+        if bool(self.access_key_id_env) != bool(self.secret_access_key_env):
             raise ConfigError(
                 f"{where}: set both access_key_id_env and secret_access_key_env, or neither "
                 "(to use the standard AWS credential chain)"
             )
-        if settings.addressing_style not in _ADDRESSING_STYLES:
+        if self.addressing_style not in _ADDRESSING_STYLES:
             raise ConfigError(
                 f"{where}.addressing_style: expected one of {', '.join(_ADDRESSING_STYLES)}, "
-                f"got {settings.addressing_style!r}"
+                f"got {self.addressing_style!r}"
             )
         for name in ("lookback_hours", "max_attempts"):
-            if getattr(settings, name) < 1:
+            if getattr(self, name) < 1:
                 raise ConfigError(f"{where}.{name}: must be at least 1")
-        return settings
 
 
 @dataclass(frozen=True)

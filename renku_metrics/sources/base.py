@@ -112,7 +112,12 @@ class SettingsBase:
                 values[name] = _coerce(mapping[name], hints[name], f"{where}.{name}")
             elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
                 raise ConfigError(f"{where}: missing required key {name!r}")
-        return cls(**values)
+        settings = cls(**values)
+        settings.validate(where)
+        return settings
+
+    def validate(self, where: str) -> None:
+        """Checks across fields; raise ConfigError naming ``where`` and the key. None by default."""
 
     def secret_env_vars(self) -> dict[str, str]:
         """{field name: environment variable} for every ``*_env`` field that is set."""

@@ -108,17 +108,14 @@ class Settings(SettingsBase):
     # that Renku 2 data connectors are not counted (it would always be incomplete).
     read_metrics_table: bool = True
 
-    @classmethod
-    def from_mapping(cls, mapping: Any, where: str) -> "Settings":
-        settings = super().from_mapping(mapping, where)
-        if settings.sslmode is not None and settings.sslmode not in _SSLMODES:
-            raise ConfigError(f"{where}.sslmode: expected one of {', '.join(_SSLMODES)}, got {settings.sslmode!r}")
+    def validate(self, where: str) -> None:
+        if self.sslmode is not None and self.sslmode not in _SSLMODES:
+            raise ConfigError(f"{where}.sslmode: expected one of {', '.join(_SSLMODES)}, got {self.sslmode!r}")
         for name in ("connect_timeout_seconds", "statement_timeout_seconds"):
-            if getattr(settings, name) < 1:
+            if getattr(self, name) < 1:
                 raise ConfigError(f"{where}.{name}: must be at least 1")
-        if settings.capture_margin_minutes < 0:
+        if self.capture_margin_minutes < 0:
             raise ConfigError(f"{where}.capture_margin_minutes: must not be negative")
-        return settings
 
 
 def _utc(value: dt.datetime | None) -> dt.datetime | None:

@@ -96,12 +96,6 @@ class Settings(SettingsBase):
     backoff_seconds: float = 1.0
     max_backoff_seconds: float = 60.0
 
-    @classmethod
-    def from_mapping(cls, mapping: Any, where: str) -> "Settings":
-        settings = super().from_mapping(mapping, where)
-        settings.validate(where)
-        return settings
-
     def validate(self, where: str) -> None:
         validate_base_url(self.url, f"{where}.url")
         if not 1 <= self.page_size <= 100:
