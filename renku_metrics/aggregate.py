@@ -25,7 +25,7 @@ from __future__ import annotations
 import calendar
 import datetime as dt
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, Mapping
 
 import duckdb
 import pandas as pd
@@ -91,31 +91,52 @@ class DeploymentCoverage:
         return "; ".join(parts)
 
 
-def coverage_for(storage: Storage, deployment: Deployment, start: dt.date, end: dt.date, today: dt.date) -> DeploymentCoverage:
-    """Which daily partitions of the period exist, and whether their sources were complete."""
+DayStatus = tuple[bool, list[str]]  # (the day has events, notes of sources that were incomplete)
+
+
+def day_status(day: dt.date, manifest: dict) -> DayStatus:
+    """What a day's manifest says about its events and its sources' coverage."""
+    notes = [
+        f"{day.isoformat()} {source}: {info.get('coverage_note') or 'window not fully read'}"
+        for source, info in sorted(manifest.get("sources", {}).items())
+        if not info.get("complete", True)
+    ]
+    return manifest.get("row_count", 0) > 0, notes
+
+
+def coverage_from_days(
+    deployment: Deployment, days: Mapping[dt.date, DayStatus], start: dt.date, end: dt.date, today: dt.date
+) -> DeploymentCoverage:
+    """Coverage of the period [start, end) from the statuses of the extracted days."""
     first = max(start, deployment.start_date)
     last = min(end, today)  # days from today on cannot have been extracted yet
-    expected = days_between(first, end)
     keys, incomplete, extracted = [], [], 0
     for day in days_between(first, last) if first < last else []:
-        mkey = manifest_key(deployment.name, day)
-        if not storage.exists(mkey):
+        if day not in days:
             continue
-        manifest = storage.read_json(mkey)
+        has_events, notes = days[day]
         extracted += 1
-        if manifest.get("row_count", 0) > 0:
+        if has_events:
             keys.append(raw_events_key(deployment.name, day))
-        for source, info in sorted(manifest.get("sources", {}).items()):
-            if not info.get("complete", True):
-                incomplete.append(f"{day.isoformat()} {source}: {info.get('coverage_note') or 'window not fully read'}")
+        incomplete.extend(notes)
     return DeploymentCoverage(
         deployment=deployment.name,
-        days_expected=len(expected),
+        days_expected=len(days_between(first, end)),
         days_extracted=extracted,
         event_keys=keys,
         incomplete_sources=incomplete,
         history_starts_inside=deployment.start_date > start and not deployment.launched_on_start_date,
     )
+
+
+def coverage_for(storage: Storage, deployment: Deployment, start: dt.date, end: dt.date, today: dt.date) -> DeploymentCoverage:
+    """Which daily partitions of the period exist, and whether their sources were complete."""
+    days = {}
+    for day in days_between(max(start, deployment.start_date), min(end, today)):
+        key = manifest_key(deployment.name, day)
+        if storage.exists(key):
+            days[day] = day_status(day, storage.read_json(key))
+    return coverage_from_days(deployment, days, start, end, today)
 
 
 _AGGREGATE_SQL = """

@@ -48,7 +48,16 @@ from typing import Iterable, Sequence
 import duckdb
 import pandas as pd
 
-from renku_metrics.aggregate import ALL_DEPLOYMENTS, DeploymentCoverage, Period, days_between, period_bounds
+from renku_metrics.aggregate import (
+    ALL_DEPLOYMENTS,
+    DayStatus,
+    DeploymentCoverage,
+    Period,
+    coverage_from_days,
+    day_status,
+    days_between,
+    period_bounds,
+)
 from renku_metrics.config import Deployment
 from renku_metrics.storage import Storage, raw_events_key
 
@@ -134,26 +143,20 @@ class DeploymentDays:
     """What storage holds for one deployment, day by day (read from the manifests once)."""
 
     deployment: Deployment
-    manifests: dict[dt.date, tuple[bool, list[str]]]  # day -> (has events, incomplete-source notes)
+    manifests: dict[dt.date, DayStatus]  # day -> (has events, incomplete-source notes)
 
     @classmethod
     def load(cls, storage: Storage, deployment: Deployment, until: dt.date) -> "DeploymentDays":
         """Manifests of the days [start_date, until)."""
         prefix = f"raw_events/deployment={deployment.name}/"
-        manifests: dict[dt.date, tuple[bool, list[str]]] = {}
+        manifests: dict[dt.date, DayStatus] = {}
         for key in storage.list_keys(prefix):
             if not key.endswith("/_manifest.json"):
                 continue
             day = dt.date.fromisoformat(key[len(prefix) :].split("date=")[1][:10])
             if not (deployment.start_date <= day < until):
                 continue
-            manifest = storage.read_json(key)
-            notes = [
-                f"{day.isoformat()} {source}: {info.get('coverage_note') or 'window not fully read'}"
-                for source, info in sorted(manifest.get("sources", {}).items())
-                if not info.get("complete", True)
-            ]
-            manifests[day] = (manifest.get("row_count", 0) > 0, notes)
+            manifests[day] = day_status(day, storage.read_json(key))
         return cls(deployment, manifests)
 
     def event_keys(self, start: dt.date, end: dt.date) -> list[str]:
@@ -165,22 +168,8 @@ class DeploymentDays:
         ]
 
     def coverage(self, start: dt.date, end: dt.date, today: dt.date) -> DeploymentCoverage:
-        """Same result as ``aggregate.coverage_for`` for [start, end), without rereading manifests."""
-        first = max(start, self.deployment.start_date)
-        last = min(end, today)
-        extracted, incomplete = 0, []
-        for day in days_between(first, last) if first < last else []:
-            if day in self.manifests:
-                extracted += 1
-                incomplete.extend(self.manifests[day][1])
-        return DeploymentCoverage(
-            deployment=self.deployment.name,
-            days_expected=len(days_between(first, end)),
-            days_extracted=extracted,
-            event_keys=self.event_keys(first, last),
-            incomplete_sources=incomplete,
-            history_starts_inside=self.deployment.start_date > start and not self.deployment.launched_on_start_date,
-        )
+        """Same as ``aggregate.coverage_for`` for [start, end), without rereading manifests."""
+        return coverage_from_days(self.deployment, self.manifests, start, end, today)
 
     def _gaps(self, start: dt.date, end: dt.date) -> tuple[int, int]:
         days = days_between(start, end) if start < end else []

@@ -24,11 +24,9 @@ import datetime as dt
 from typing import Callable
 
 import pandas as pd
-import pyarrow as pa
 from dagster import (
     AssetCheckResult,
     AssetCheckSpec,
-    AssetDep,
     AssetExecutionContext,
     AssetKey,
     AssetMaterialization,
@@ -36,15 +34,14 @@ from dagster import (
     BackfillPolicy,
     MaterializeResult,
     MetadataValue,
-    TimeWindowPartitionMapping,
     asset,
 )
 
 from renku_metrics import engagement
-from renku_metrics.aggregate import ALL_DEPLOYMENTS, period_bounds
+from renku_metrics.aggregate import ALL_DEPLOYMENTS
 from renku_metrics.config import MetricsConfig
-from renku_metrics.partitions import monthly_partitions, weekly_partitions
-from renku_metrics.raw_events import OWNERS, raw_events_key_of
+from renku_metrics.partitions import period_partitions, period_starts
+from renku_metrics.raw_events import OWNERS, raw_events_deps
 from renku_metrics.resources import MetricsStorageResource
 from renku_metrics.run_metadata import partition_metadata
 from renku_metrics.storage import metrics_key
@@ -263,19 +260,6 @@ def headline_retention(frame: pd.DataFrame, weeks: int = engagement.RETENTION_WE
 # --------------------------------------------------------------------------- assets
 
 
-def _to_table(frame: pd.DataFrame) -> pa.Table:
-    return pa.Table.from_pandas(frame, preserve_index=False)
-
-
-def _starts(context: AssetExecutionContext, period: str) -> list[dt.date]:
-    window = context.partition_time_window
-    starts, day = [], window.start.date()
-    while day < window.end.date():
-        starts.append(day)
-        day = period_bounds(period, day)[1]
-    return starts
-
-
 def _build(
     config: MetricsConfig,
     name: str,
@@ -288,16 +272,10 @@ def _build(
     headline: Callable[[pd.DataFrame, pd.DataFrame], dict],
     refresh_before: int = 0,
 ) -> AssetsDefinition:
-    partitions = weekly_partitions(config.earliest_start) if period == "week" else monthly_partitions(config.earliest_start)
+    partitions = period_partitions(period, config.earliest_start)
     first_start = dt.date.fromisoformat(partitions.get_first_partition_key())
     key = AssetKey(name)
-    deps = [
-        AssetDep(
-            raw_events_key_of(d.name),
-            partition_mapping=TimeWindowPartitionMapping(allow_nonexistent_upstream_partitions=True),
-        )
-        for d in config.deployments
-    ]
+    deps = raw_events_deps(config.deployments)
 
     @asset(
         key=key,
@@ -312,7 +290,7 @@ def _build(
     )
     def _asset(context: AssetExecutionContext, metrics_storage: MetricsStorageResource) -> MaterializeResult:
         storage = metrics_storage.get_storage()
-        requested = _starts(context, period)
+        requested = period_starts(context, period)
         extra = []
         if refresh_before:
             day = requested[0] - dt.timedelta(weeks=refresh_before)
@@ -320,7 +298,7 @@ def _build(
         now = dt.datetime.now(dt.timezone.utc)
         frame = compute(storage, [*extra, *requested], now)
         for start, rows in frame.groupby("period_start", sort=True):
-            storage.write_parquet(metrics_key(name, start), _to_table(rows.reset_index(drop=True)))
+            storage.write_frame(metrics_key(name, start), rows.reset_index(drop=True))
         for start in extra:
             rows = frame[frame["period_start"] == start]
             context.log_event(

@@ -16,7 +16,6 @@ replaced whole on a rerun.
 import datetime as dt
 
 import pandas as pd
-import pyarrow as pa
 from dagster import (
     AssetCheckResult,
     AssetCheckSeverity,
@@ -32,7 +31,6 @@ from dagster import (
     MetadataValue,
     RunRequest,
     ScheduleEvaluationContext,
-    TimeWindowPartitionMapping,
     asset,
     build_time_partition_freshness_checks,
     define_asset_job,
@@ -42,8 +40,8 @@ from dagster import (
 from renku_metrics.aggregate import ALL_DEPLOYMENTS, PeriodAggregate, aggregate_period, coverage_for, period_bounds, week_start
 from renku_metrics.catalog import Catalog, Metric, Target, metric_description
 from renku_metrics.config import MetricsConfig
-from renku_metrics.partitions import monthly_partitions, weekly_partitions
-from renku_metrics.raw_events import OWNERS, raw_events_key_of
+from renku_metrics.partitions import period_partitions, period_starts
+from renku_metrics.raw_events import OWNERS, raw_events_deps
 from renku_metrics.resources import MetricsStorageResource
 from renku_metrics.run_metadata import partition_metadata
 from renku_metrics.storage import Storage, metrics_key
@@ -149,19 +147,6 @@ def evaluate_target(
     return AssetCheckResult(check_name=check_name, passed=bool(met), severity=AssetCheckSeverity.WARN, metadata=meta)
 
 
-def _periods(context: AssetExecutionContext, period: str) -> list[dt.date]:
-    window = context.partition_time_window
-    starts, day = [], window.start.date()
-    while day < window.end.date():
-        starts.append(day)
-        day = period_bounds(period, day)[1]
-    return starts
-
-
-def _to_table(frame: pd.DataFrame) -> pa.Table:
-    return pa.Table.from_pandas(frame, preserve_index=False)
-
-
 def _fmt_pct(value) -> str:
     return "-" if pd.isna(value) else f"{value:.1f}%"
 
@@ -233,11 +218,8 @@ def _check_results(frame: pd.DataFrame, config: MetricsConfig, keys: list[str]) 
 
 
 def build_metric_assets(config: MetricsConfig, catalog: Catalog, period: str) -> list[AssetsDefinition]:
-    partitions = weekly_partitions(config.earliest_start) if period == "week" else monthly_partitions(config.earliest_start)
-    raw_deps = [
-        AssetDep(raw_events_key_of(d.name), partition_mapping=TimeWindowPartitionMapping(allow_nonexistent_upstream_partitions=True))
-        for d in config.deployments
-    ]
+    partitions = period_partitions(period, config.earliest_start)
+    raw_deps = raw_events_deps(config.deployments)
     unit = "ISO week (Monday 00:00 UTC to Monday 00:00 UTC, key = the Monday)" if period == "week" else "calendar month in UTC (key = the 1st)"
     active_key = AssetKey(active_users_name(period))
     core_key = AssetKey(core_actions_name(period))
@@ -265,9 +247,9 @@ def build_metric_assets(config: MetricsConfig, catalog: Catalog, period: str) ->
     def active_users(context: AssetExecutionContext, metrics_storage: MetricsStorageResource) -> MaterializeResult:
         storage = metrics_storage.get_storage()
         frames = []
-        for start in _periods(context, period):
+        for start in period_starts(context, period):
             result = aggregate_period(storage, config.deployments, catalog, period, start, dt.datetime.now(dt.timezone.utc))
-            storage.write_parquet(metrics_key(active_key.path[-1], start), _to_table(result.active_users))
+            storage.write_frame(metrics_key(active_key.path[-1], start), result.active_users)
             frames.append(result.active_users)
         frame = pd.concat(frames, ignore_index=True)
         meta = partition_metadata(
@@ -302,10 +284,10 @@ def build_metric_assets(config: MetricsConfig, catalog: Catalog, period: str) ->
     def core_actions(context: AssetExecutionContext, metrics_storage: MetricsStorageResource) -> MaterializeResult:
         storage = metrics_storage.get_storage()
         frames = []
-        for start in _periods(context, period):
+        for start in period_starts(context, period):
             result = aggregate_period(storage, config.deployments, catalog, period, start, dt.datetime.now(dt.timezone.utc))
             frame = join_denominator(storage, result, active_key.path[-1], start)
-            storage.write_parquet(metrics_key(core_key.path[-1], start), _to_table(frame))
+            storage.write_frame(metrics_key(core_key.path[-1], start), frame)
             frames.append(frame)
         frame = pd.concat(frames, ignore_index=True)
         meta = partition_metadata(
@@ -384,7 +366,7 @@ def build_period_job_and_schedule(config: MetricsConfig, period: str, assets: li
     Each tick also reruns earlier periods (4 weeks, 2 months) that were aggregated
     while some of their days were incomplete and have since been completed.
     """
-    partitions = weekly_partitions(config.earliest_start) if period == "week" else monthly_partitions(config.earliest_start)
+    partitions = period_partitions(period, config.earliest_start)
     name = f"{PERIODS[period]}_metrics"
     job = define_asset_job(
         name=name,

@@ -9,7 +9,15 @@ from __future__ import annotations
 
 import datetime as dt
 
-from dagster import DailyPartitionsDefinition, MonthlyPartitionsDefinition, WeeklyPartitionsDefinition
+from dagster import (
+    AssetExecutionContext,
+    DailyPartitionsDefinition,
+    MonthlyPartitionsDefinition,
+    TimeWindowPartitionsDefinition,
+    WeeklyPartitionsDefinition,
+)
+
+from renku_metrics.aggregate import period_bounds
 
 TIMEZONE = "UTC"
 
@@ -27,3 +35,18 @@ def weekly_partitions(start: dt.date) -> WeeklyPartitionsDefinition:
 def monthly_partitions(start: dt.date) -> MonthlyPartitionsDefinition:
     """Calendar months; the first is the month containing ``start``."""
     return MonthlyPartitionsDefinition(start_date=start.replace(day=1).isoformat(), timezone=TIMEZONE)
+
+
+def period_partitions(period: str, start: dt.date) -> TimeWindowPartitionsDefinition:
+    """Weekly or monthly partitions (``period`` is "week" or "month")."""
+    return weekly_partitions(start) if period == "week" else monthly_partitions(start)
+
+
+def period_starts(context: AssetExecutionContext, period: str) -> list[dt.date]:
+    """First days of the periods a run covers (one partition, or a single-run range)."""
+    window = context.partition_time_window
+    starts, day = [], window.start.date()
+    while day < window.end.date():
+        starts.append(day)
+        day = period_bounds(period, day)[1]
+    return starts

@@ -16,6 +16,7 @@ from dagster import (
     AssetCheckResult,
     AssetCheckSeverity,
     AssetCheckSpec,
+    AssetDep,
     AssetExecutionContext,
     AssetKey,
     AssetSelection,
@@ -29,6 +30,7 @@ from dagster import (
     define_asset_job,
     RunRequest,
     ScheduleEvaluationContext,
+    TimeWindowPartitionMapping,
     schedule,
 )
 
@@ -104,6 +106,18 @@ def count_violations(storage: Storage, keys: list[str]) -> dict[str, int]:
 
 def raw_events_key_of(deployment: str) -> AssetKey:
     return AssetKey([deployment, "raw_events"])
+
+
+def raw_events_deps(deployments) -> list[AssetDep]:
+    """Dependencies of a weekly or monthly asset on every deployment's daily raw events
+    (days before a deployment's start_date simply do not exist)."""
+    return [
+        AssetDep(
+            raw_events_key_of(d.name),
+            partition_mapping=TimeWindowPartitionMapping(allow_nonexistent_upstream_partitions=True),
+        )
+        for d in deployments
+    ]
 
 
 def _description(deployment: Deployment) -> str:

@@ -25,11 +25,14 @@ import shutil
 import tempfile
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 from urllib.parse import urlparse
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 STORAGE_ENV = "RENKU_METRICS_STORAGE"
 DEFAULT_ROOT = "./data"
@@ -94,6 +97,9 @@ class Storage(ABC):
         buffer = io.BytesIO()
         pq.write_table(table, buffer, compression="zstd")
         self.write_bytes(key, buffer.getvalue())
+
+    def write_frame(self, key: str, frame: "pd.DataFrame") -> None:
+        self.write_parquet(key, pa.Table.from_pandas(frame, preserve_index=False))
 
     def read_parquet(self, key: str) -> pa.Table:
         return pq.read_table(io.BytesIO(self.read_bytes(key)))
