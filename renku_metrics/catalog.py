@@ -15,6 +15,7 @@ from typing import Any
 
 import yaml
 
+from renku_metrics.config import load_yaml
 from renku_metrics.events import ACTIONS
 
 CATALOG_FILE = Path(__file__).with_name("catalog.yaml")
@@ -185,7 +186,7 @@ def parse_catalog(raw: Any, path: str) -> Catalog:
 def load_catalog(path: str | Path | None = None) -> Catalog:
     path = Path(path) if path is not None else CATALOG_FILE
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = load_yaml(path.read_text())
     except FileNotFoundError:
         raise CatalogError(f"{path}: metric catalog not found") from None
     except yaml.YAMLError as exc:

@@ -79,6 +79,22 @@ class MetricsConfig:
         return min(d.start_date for d in self.deployments)
 
 
+class _TextDatesLoader(yaml.SafeLoader):
+    """YAML without implicit timestamps: dates stay text, so a bad one (2025-13-01)
+    reaches our validation and its message names the deployment and key."""
+
+
+_TextDatesLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+
+
+def load_yaml(text: str):
+    """Parse YAML with dates kept as text (see _TextDatesLoader)."""
+    return yaml.load(text, Loader=_TextDatesLoader)
+
+
 def deployments_path(env: Mapping[str, str] | None = None) -> Path:
     env = os.environ if env is None else env
     return Path(env.get(DEPLOYMENTS_ENV) or DEFAULT_DEPLOYMENTS_FILE)
@@ -183,7 +199,7 @@ def load_config(
             f"{path}: deployments file not found (set {DEPLOYMENTS_ENV} or create {DEFAULT_DEPLOYMENTS_FILE})"
         )
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = load_yaml(path.read_text())
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
     return parse_config(raw, str(path), env=env, check_secrets=check_secrets)

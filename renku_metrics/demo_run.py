@@ -58,11 +58,20 @@ def main(argv: list[str] | None = None) -> int:
     for category in (dagster.BetaWarning, dagster.PreviewWarning, dagster.SupersessionWarning):
         warnings.filterwarnings("ignore", category=category)
 
-    from renku_metrics.definitions import build_defs
     from renku_metrics.readers import read_metrics
     from renku_metrics.storage import open_storage
 
-    defs = build_defs()
+    from renku_metrics.catalog import CatalogError
+    from renku_metrics.sources.base import ConfigError
+
+    try:
+        # Importing the code location already loads deployments.yaml and the catalog.
+        from renku_metrics.definitions import build_defs
+
+        defs = build_defs()
+    except (ConfigError, CatalogError) as exc:  # one clear line, not a traceback
+        print(f"renku-metrics: {exc}", file=sys.stderr)
+        return 2
     config_names = [k.path[0] for k in defs.resolve_asset_graph().get_all_asset_keys() if k.path[-1] == "raw_events"]
     steps = plan(args.today, args.weeks)
     instance = DagsterInstance.get()

@@ -65,6 +65,10 @@ def test_file_errors(tmp_path):
     bad.write_text("metrics: [")
     with pytest.raises(CatalogError, match="not valid YAML"):
         load_catalog(bad)
+    unquoted = tmp_path / "dates.yaml"
+    unquoted.write_text(CATALOG_FILE.read_text().replace("by: 2027-06-30", "by: 2027-13-30"))
+    with pytest.raises(CatalogError, match="metric 'commit': targets\\[0\\]: field 'by' must be a date"):
+        load_catalog(unquoted)
     with pytest.raises(CatalogError, match="not found"):
         load_catalog(tmp_path / "missing.yaml")
 

@@ -47,6 +47,7 @@ def test_env_var_selects_file(tmp_path):
         ({"deployments": [demo(launched_on_start_date="yes")]}, "deployment 'alpha': launched_on_start_date must be true or false"),
         ({"deployment": []}, "single top-level key 'deployments'"),
         ("deployments: [", "not valid YAML"),
+        ("deployments:\n  - {name: alpha, start_date: 2025-13-01, sources: {demo: {}}}\n", "deployment 'alpha': start_date must be a date"),
     ],
 )
 def test_bad_config_names_file_deployment_and_key(tmp_path, doc, message):
