@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         warnings.filterwarnings("ignore", category=category)
 
     from renku_metrics.readers import read_metrics
-    from renku_metrics.storage import open_storage
+    from renku_metrics.storage import StorageError, open_storage
 
     from renku_metrics.catalog import CatalogError
     from renku_metrics.sources.base import ConfigError
@@ -75,7 +75,11 @@ def main(argv: list[str] | None = None) -> int:
     config_names = [k.path[0] for k in defs.resolve_asset_graph().get_all_asset_keys() if k.path[-1] == "raw_events"]
     steps = plan(args.today, args.weeks)
     instance = DagsterInstance.get()
-    storage = open_storage()
+    try:
+        storage = open_storage()
+    except StorageError as exc:
+        print(f"renku-metrics: {exc}", file=sys.stderr)
+        return 2
     print(f"Dagster instance: {instance.root_directory}\nStorage: {storage.root}")
     for name in sorted(config_names):
         job = defs.resolve_job_def(f"{name}_daily_extract")
