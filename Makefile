@@ -11,7 +11,7 @@ PG_USER ?= renku_metrics
 PG_PASSWORD ?= renku_metrics
 PG_DB ?= renku_metrics_test
 
-.PHONY: install demo dev test pg benchmark clean
+.PHONY: install demo dev test lint pg benchmark clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,7 +26,7 @@ $(DAGSTER_HOME_LOCAL)/dagster.yaml:
 	printf 'telemetry:\n  enabled: false\n' > $@
 
 demo: install $(DAGSTER_HOME_LOCAL)/dagster.yaml
-	DAGSTER_HOME=$(DAGSTER_HOME_LOCAL) $(PY) -m renku_metrics.demo_run
+	DAGSTER_HOME=$(DAGSTER_HOME_LOCAL) $(PY) -m renku_metrics.defs.demo_run
 
 dev: install $(DAGSTER_HOME_LOCAL)/dagster.yaml
 	DAGSTER_HOME=$(DAGSTER_HOME_LOCAL) $(VENV)/bin/dagster dev -w workspace.yaml
@@ -44,7 +44,12 @@ pg:
 	    su postgres -c "createdb -O $(PG_USER) $(PG_DB)"; \
 	else echo "PostgreSQL is not installed (apt-get install -y postgresql); tests that need it will fail"; fi
 
-test: install pg
+# Lint and format are part of the tests: a tree ruff would change fails them.
+lint: install
+	$(VENV)/bin/ruff check renku_metrics renku_metrics_tests
+	$(VENV)/bin/ruff format --check renku_metrics renku_metrics_tests
+
+test: install lint pg
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 benchmark: install

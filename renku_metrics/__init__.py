@@ -6,7 +6,7 @@ Notebook API (no Dagster needed)::
     from renku_metrics import read_lifecycle, read_stickiness, read_retention
 """
 
-from renku_metrics.readers import (
+from renku_metrics.core.readers import (
     read_active_users,
     read_events,
     read_lifecycle,

@@ -1,63 +1,11 @@
-"""The code location: ``defs`` assembles every asset, check, job and schedule.
+"""The code location's entry point: ``renku_metrics.definitions:defs``.
 
-Which deployments exist is configuration (deployments.yaml, or the file named by
-$RENKU_METRICS_DEPLOYMENTS); ``build_defs`` builds the per-deployment assets from it.
+Everything Dagster lives in ``renku_metrics.defs``; the plain-Python core it
+orchestrates is ``renku_metrics.core`` (see docs/architecture.md).
 """
 
-from __future__ import annotations
-
-import os
-from typing import Mapping
-
-from dagster import DefaultSensorStatus, Definitions, build_sensor_for_freshness_checks
-
-from renku_metrics.catalog import Catalog, load_catalog
-from renku_metrics.config import MetricsConfig, load_config
-from renku_metrics.engagement_assets import build_engagement_assets
-from renku_metrics.metrics import build_metric_assets, build_period_job_and_schedule, build_weekly_freshness_checks
-from renku_metrics.raw_events import build_daily_extract_schedule, build_raw_events_asset, build_raw_events_freshness_checks
-from renku_metrics.resources import MetricsStorageResource
-
-
-def build_defs(
-    config: MetricsConfig | None = None,
-    catalog: Catalog | None = None,
-    storage_root: str = "",
-    env: Mapping[str, str] | None = None,
-) -> Definitions:
-    env = os.environ if env is None else env
-    config = config or load_config(env=env)
-    catalog = catalog or load_catalog()
-    raw_assets, jobs, schedules = [], [], []
-    for deployment in config.deployments:
-        asset_def = build_raw_events_asset(deployment)
-        job, schedule = build_daily_extract_schedule(deployment, asset_def)
-        raw_assets.append(asset_def)
-        jobs.append(job)
-        schedules.append(schedule)
-    weekly = build_metric_assets(config, catalog, "week")
-    monthly = build_metric_assets(config, catalog, "month")
-    engagement = build_engagement_assets(config)
-    for period, assets in (("week", weekly), ("month", monthly)):
-        job, schedule = build_period_job_and_schedule(config, period, [*assets, *engagement[period]])
-        jobs.append(job)
-        schedules.append(schedule)
-    checks = [
-        *build_raw_events_freshness_checks([a.key for a in raw_assets]),
-        *build_weekly_freshness_checks([a.key for a in [*weekly, *engagement["week"]]]),
-    ]
-    return Definitions(
-        assets=[*raw_assets, *weekly, *monthly, *engagement["week"], *engagement["month"]],
-        asset_checks=checks,
-        jobs=jobs,
-        schedules=schedules,
-        sensors=[
-            build_sensor_for_freshness_checks(
-                freshness_checks=checks, name="freshness_checks_sensor", default_status=DefaultSensorStatus.RUNNING
-            )
-        ],
-        resources={"metrics_storage": MetricsStorageResource(root=storage_root)},
-    )
-
+from renku_metrics.defs.build import build_defs
 
 defs = build_defs()
+
+__all__ = ["build_defs", "defs"]

@@ -44,7 +44,7 @@ def s3_endpoint():
         except requests.ConnectionError:
             if time.time() > deadline or proc.poll() is not None:
                 proc.kill()
-                raise RuntimeError("moto S3 server did not start")
+                raise RuntimeError("moto S3 server did not start") from None
             time.sleep(0.1)
     saved = {k: os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")}
     os.environ.update(
@@ -114,7 +114,7 @@ def postgres_db(postgres_server):
 @pytest.fixture
 def fixture_source(monkeypatch):
     """Registers the hand-built-records source type ``fixture`` for one test."""
-    from renku_metrics import sources
+    from renku_metrics.core import sources
 
     monkeypatch.setitem(sources.SOURCE_MODULES, "fixture", "renku_metrics_tests.fixture_source")
     return "fixture"

@@ -14,8 +14,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from renku_metrics.events import RejectedRecord, SourceResult, TimeWindow, make_event_id, pseudonymize_user
-from renku_metrics.sources.base import SettingsBase, SourceError
+from renku_metrics.core.events import RejectedRecord, SourceResult, TimeWindow, make_event_id, pseudonymize_user
+from renku_metrics.core.sources.base import SettingsBase, SourceError
 
 NAME = "fixture"
 

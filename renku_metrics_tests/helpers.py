@@ -8,8 +8,8 @@ from pathlib import Path
 
 import yaml
 
-from renku_metrics.config import MetricsConfig, load_config
-from renku_metrics.extract import extract_day
+from renku_metrics.core.config import MetricsConfig, load_config
+from renku_metrics.core.extract import extract_day
 
 UTC = dt.timezone.utc
 NOW = dt.datetime(2030, 1, 1, tzinfo=UTC)  # far after every hand-built period

@@ -6,10 +6,11 @@ import datetime as dt
 
 import pytest
 
-from renku_metrics.aggregate import aggregate_period, period_bounds
-from renku_metrics.catalog import load_catalog
-from renku_metrics.events import pseudonymize_user
-from renku_metrics.storage import LocalStorage
+from renku_metrics.core.aggregate import aggregate_period
+from renku_metrics.core.catalog import load_catalog
+from renku_metrics.core.events import pseudonymize_user
+from renku_metrics.core.periods import period_bounds
+from renku_metrics.core.storage import LocalStorage
 
 from .helpers import NOW, ev, extract_days, write_config
 
@@ -142,7 +143,12 @@ def test_duplicate_events_count_once(tmp_path, storage, fixture_source):
     same = ev("2025-03-04T10:00:00+00:00", "u1", "commit", id="push-1")
     config = write_config(
         tmp_path,
-        {"alpha": {"start_date": "2025-03-03", "events": [same, same, ev("2025-03-04T11:00:00+00:00", "u1", "commit")]}},
+        {
+            "alpha": {
+                "start_date": "2025-03-03",
+                "events": [same, same, ev("2025-03-04T11:00:00+00:00", "u1", "commit")],
+            }
+        },
     )
     extract_days(storage, config, "2025-03-03", "2025-03-09")
     stored = storage.read_parquet("raw_events/deployment=alpha/date=2025-03-04/events.parquet")
@@ -204,7 +210,9 @@ def test_excluded_users_left_out_at_aggregation(tmp_path, storage, fixture_sourc
     assert cell(before, "alpha", "commit") == 2
     # Changing the list corrects history without re-extraction; ids may be Keycloak ids or stored keys.
     for exclusion in (bot, pseudonymize_user(bot)):
-        config = write_config(tmp_path, {"alpha": {"start_date": "2025-03-03", "events": events, "excluded_users": [exclusion]}})
+        config = write_config(
+            tmp_path, {"alpha": {"start_date": "2025-03-03", "events": events, "excluded_users": [exclusion]}}
+        )
         after = aggregate_period(storage, config.deployments, CATALOG, "week", dt.date(2025, 3, 3), NOW)
         assert cell(after, "alpha", "commit") == 1
         assert cell(after, "alpha") == 1
@@ -241,9 +249,12 @@ def test_record_repeated_on_a_later_day_counts_once_on_its_first_day(tmp_path, s
 
 
 def test_deployment_launched_on_start_date_has_complete_history(tmp_path, storage, fixture_source):
-    from renku_metrics.engagement import lifecycle
+    from renku_metrics.core.engagement import lifecycle
 
-    events = [ev("2025-03-05T10:00:00+00:00", "first-user", "login"), ev("2025-03-12T10:00:00+00:00", "first-user", "login")]
+    events = [
+        ev("2025-03-05T10:00:00+00:00", "first-user", "login"),
+        ev("2025-03-12T10:00:00+00:00", "first-user", "login"),
+    ]
     spec = {"start_date": "2025-03-05", "events": events}  # a Wednesday
     for launched in (False, True):
         config = write_config(tmp_path, {"alpha": {**spec, "launched_on_start_date": launched}})

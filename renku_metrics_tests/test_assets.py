@@ -9,10 +9,10 @@ import pytest
 from dagster import AssetKey, DagsterInstance, materialize
 from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
-from renku_metrics.config import load_config
+from renku_metrics.core.config import load_config
+from renku_metrics.core.readers import read_active_users, read_events, read_metrics
+from renku_metrics.core.storage import open_storage
 from renku_metrics.definitions import build_defs
-from renku_metrics.readers import read_active_users, read_events, read_metrics
-from renku_metrics.storage import open_storage
 
 from .helpers import ev, write_config
 
@@ -67,7 +67,11 @@ def test_single_run_backfill_of_several_weeks(tmp_path, where, request, monkeypa
     runs = instance.get_runs()
     assert len(runs) == 3
     assert len(materializations(weekly, "core_actions_weekly")) == 3  # one per weekly partition
-    assert {m.partition for m in materializations(weekly, "core_actions_weekly")} == {"2025-03-03", "2025-03-10", "2025-03-17"}
+    assert {m.partition for m in materializations(weekly, "core_actions_weekly")} == {
+        "2025-03-03",
+        "2025-03-10",
+        "2025-03-17",
+    }
     # A range run's result carries only what is true of the whole run...
     meta = materializations(weekly, "core_actions_weekly")[0].materialization.metadata
     assert meta["run_rows"].value == 3 * 3 * 4  # weeks x (2 deployments + all) x metrics
@@ -83,7 +87,11 @@ def test_single_run_backfill_of_several_weeks(tmp_path, where, request, monkeypa
     assert set(observed) == {"2025-03-03", "2025-03-10", "2025-03-17"}
     assert observed["2025-03-10"]["dagster/row_count"].value == 3 * 4
     assert observed["2025-03-10"]["dagster/uri"].value.startswith(root if where == "s3" else str(tmp_path))
-    failed = [(c.asset_key, c.check_name, c.metadata) for c in weekly.get_asset_check_evaluations() if not c.passed and not c.check_name.startswith("target_")]
+    failed = [
+        (c.asset_key, c.check_name, c.metadata)
+        for c in weekly.get_asset_check_evaluations()
+        if not c.passed and not c.check_name.startswith("target_")
+    ]
     assert not failed
 
     storage = open_storage(root, endpoint_url=endpoint)
@@ -100,10 +108,14 @@ def test_single_run_backfill_of_several_weeks(tmp_path, where, request, monkeypa
     # The numbers equal a direct recount of the stored raw events.
     events = read_events("demo", "2025-03-10", "2025-03-17", storage=storage)
     events = events[events["user_id"] != "e9fbbd8c6b93d6f4bb3a0d16d3a1d1c2"]  # not an excluded id: no-op guard
-    from renku_metrics.events import pseudonymize_user
+    from renku_metrics.core.events import pseudonymize_user
 
     events = events[events["user_id"] != pseudonymize_user("00000000-0000-4000-8000-0000000b0700")]
-    row = metrics[(metrics["deployment"] == "demo") & (metrics["period_start"] == dt.date(2025, 3, 10)) & (metrics["metric"] == "commit")].iloc[0]
+    row = metrics[
+        (metrics["deployment"] == "demo")
+        & (metrics["period_start"] == dt.date(2025, 3, 10))
+        & (metrics["metric"] == "commit")
+    ].iloc[0]
     assert row["active_users"] == events["user_id"].nunique()
     assert row["users"] == events.loc[events["action"] == "commit", "user_id"].nunique()
     assert row["pct"] == pytest.approx(round(100 * row["users"] / row["active_users"], 2))
@@ -152,7 +164,10 @@ def test_malformed_records_counted_and_kept_aside(tmp_path, fixture_source):
         {
             "alpha": {
                 "start_date": "2025-03-03",
-                "events": [ev("2025-03-04T10:00:00+00:00", "u1", "commit"), ev("2025-03-04T11:00:00+00:00", "u2", "teleport")],
+                "events": [
+                    ev("2025-03-04T10:00:00+00:00", "u1", "commit"),
+                    ev("2025-03-04T11:00:00+00:00", "u2", "teleport"),
+                ],
                 "raw_lines": ['{"occurred_at": "2025-03-04T1'],
             }
         },
@@ -164,14 +179,19 @@ def test_malformed_records_counted_and_kept_aside(tmp_path, fixture_source):
     meta = result.get_asset_materialization_events()[0].materialization.metadata
     assert meta["dagster/row_count"].value == 1
     assert meta["rejected_records"].value == 2
-    lines = open_storage(root).read_bytes("rejected/deployment=alpha/date=2025-03-04/rejected.jsonl").decode().splitlines()
+    lines = (
+        open_storage(root).read_bytes("rejected/deployment=alpha/date=2025-03-04/rejected.jsonl").decode().splitlines()
+    )
     assert len(lines) == 2
     assert any("invalid JSON" in line for line in lines) and any("unknown action" in line for line in lines)
 
 
 def test_failing_source_keeps_previous_day_and_spares_other_deployments(tmp_path, fixture_source):
     good = [ev("2025-03-04T10:00:00+00:00", "u1", "commit")]
-    config = write_config(tmp_path, {"alpha": {"start_date": "2025-03-03", "events": good}, "beta": {"start_date": "2025-03-03", "events": good}})
+    config = write_config(
+        tmp_path,
+        {"alpha": {"start_date": "2025-03-03", "events": good}, "beta": {"start_date": "2025-03-03", "events": good}},
+    )
     root = str(tmp_path / "data")
     defs = build_defs(config=config, storage_root=root)
     assets = [defs.resolve_assets_def(AssetKey([n, "raw_events"])) for n in ("alpha", "beta")]
@@ -180,14 +200,19 @@ def test_failing_source_keeps_previous_day_and_spares_other_deployments(tmp_path
 
     broken = write_config(
         tmp_path,
-        {"alpha": {"start_date": "2025-03-03", "events": [], "fail_on_day": "2025-03-04"}, "beta": {"start_date": "2025-03-03", "events": good}},
+        {
+            "alpha": {"start_date": "2025-03-03", "events": [], "fail_on_day": "2025-03-04"},
+            "beta": {"start_date": "2025-03-03", "events": good},
+        },
     )
     defs = build_defs(config=broken, storage_root=root)
     assets = [defs.resolve_assets_def(AssetKey([n, "raw_events"])) for n in ("alpha", "beta")]
     result = materialize(assets, partition_key="2025-03-04", raise_on_error=False)
     assert not result.success
     failure = [e for e in result.all_events if e.is_step_failure][0]
-    assert "deployment 'alpha'" in str(failure.event_specific_data.error) and "fixture" in str(failure.event_specific_data.error)
+    assert "deployment 'alpha'" in str(failure.event_specific_data.error) and "fixture" in str(
+        failure.event_specific_data.error
+    )
     assert open_storage(root).read_bytes("raw_events/deployment=alpha/date=2025-03-04/events.parquet") == before
     assert [e.asset_key for e in result.get_asset_materialization_events()] == [AssetKey(["beta", "raw_events"])]
 
@@ -195,7 +220,13 @@ def test_failing_source_keeps_previous_day_and_spares_other_deployments(tmp_path
 def test_incomplete_source_window_fails_warning_check_and_marks_period(tmp_path, fixture_source):
     config = write_config(
         tmp_path,
-        {"alpha": {"start_date": "2025-03-03", "events": [ev("2025-03-04T10:00:00+00:00", "u1", "login")], "incomplete_on_day": "2025-03-04"}},
+        {
+            "alpha": {
+                "start_date": "2025-03-03",
+                "events": [ev("2025-03-04T10:00:00+00:00", "u1", "login")],
+                "incomplete_on_day": "2025-03-04",
+            }
+        },
     )
     root = str(tmp_path / "data")
     defs = build_defs(config=config, storage_root=root)
@@ -213,7 +244,7 @@ def test_incomplete_source_window_fails_warning_check_and_marks_period(tmp_path,
 
 
 def test_reextracting_an_expired_day_keeps_earlier_events(tmp_path, fixture_source):
-    from renku_metrics.extract import extract_day
+    from renku_metrics.core.extract import extract_day
 
     from .helpers import NOW
 

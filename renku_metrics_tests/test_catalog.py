@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from renku_metrics.catalog import CATALOG_FILE, CatalogError, load_catalog, metric_table_markdown, parse_catalog
+from renku_metrics.core.catalog import CATALOG_FILE, CatalogError, load_catalog, metric_table_markdown, parse_catalog
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -43,10 +43,22 @@ def test_shipped_catalog_has_the_pitch_metrics():
         ({"id": "Commit Users"}, "field 'id' must match"),
         ({"title": ""}, "metric 'commit': field 'title' must be non-empty"),
         ({"sources": {"renku3": "x"}}, "metric 'commit': field 'sources' has bad entry 'renku3'"),
-        ({"targets": [{"measure": "pct", "period": "week", "op": ">=", "value": 130, "by": "2027-01-01"}]}, "targets[0]: field 'value' is a percentage"),
-        ({"targets": [{"measure": "pct", "period": "year", "op": ">=", "value": 30, "by": "2027-01-01"}]}, "targets[0]: field 'period' must be one of"),
-        ({"targets": [{"measure": "pct", "period": "week", "op": ">=", "value": 30, "by": "soon"}]}, "targets[0]: field 'by' must be a date"),
-        ({"targets": [{"measure": "pct", "period": "week", "op": ">=", "value": 30}]}, "targets[0]: missing field 'by'"),
+        (
+            {"targets": [{"measure": "pct", "period": "week", "op": ">=", "value": 130, "by": "2027-01-01"}]},
+            "targets[0]: field 'value' is a percentage",
+        ),
+        (
+            {"targets": [{"measure": "pct", "period": "year", "op": ">=", "value": 30, "by": "2027-01-01"}]},
+            "targets[0]: field 'period' must be one of",
+        ),
+        (
+            {"targets": [{"measure": "pct", "period": "week", "op": ">=", "value": 30, "by": "soon"}]},
+            "targets[0]: field 'by' must be a date",
+        ),
+        (
+            {"targets": [{"measure": "pct", "period": "week", "op": ">=", "value": 30}]},
+            "targets[0]: missing field 'by'",
+        ),
     ],
 )
 def test_invalid_entries_name_entry_and_field(changes, message):
@@ -76,7 +88,7 @@ def test_file_errors(tmp_path):
 def test_design_doc_metric_table_matches_catalog():
     design = (REPO / "docs" / "design.md").read_text()
     assert metric_table_markdown(load_catalog()) in design, (
-        "docs/design.md's metric table is out of date: paste renku_metrics.catalog.metric_table_markdown(load_catalog())"
+        "docs/design.md's metric table is out of date: paste renku_metrics.core.catalog.metric_table_markdown(load_catalog())"
     )
 
 

@@ -11,13 +11,13 @@ import pytest
 from dagster import DagsterInstance
 from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
-from renku_metrics.catalog import CATALOG_FILE, load_catalog
+from renku_metrics.core.catalog import CATALOG_FILE, load_catalog
+from renku_metrics.core.events import EVENT_SCHEMA, pseudonymize_user
+from renku_metrics.core.readers import read_metrics
+from renku_metrics.core.storage import LocalStorage
 from renku_metrics.definitions import build_defs
-from renku_metrics.events import EVENT_SCHEMA, pseudonymize_user
-from renku_metrics.metrics import check_aggregate, evaluate_target
-from renku_metrics.raw_events import count_violations
-from renku_metrics.readers import read_metrics
-from renku_metrics.storage import LocalStorage
+from renku_metrics.defs.aggregates.assets import check_aggregate, evaluate_target
+from renku_metrics.defs.raw_events.assets import count_violations
 
 from .helpers import ev, write_config
 
@@ -45,7 +45,10 @@ def day_table(rows):
         ([{}, {"event_id": "e2", "user_id": "not-a-key"}], {"user_ids_present"}),
         ([{}, {"event_id": "e2", "user_id": "alice@example.org"}], {"user_ids_present", "no_personal_data"}),
         ([{}, {"event_id": "e2", "occurred_at": dt.datetime(2025, 3, 5, 0, 0, tzinfo=UTC)}], {"timestamps_within_day"}),
-        ([{}, {"event_id": "e2", "occurred_at": dt.datetime(2025, 3, 3, 23, 59, 59, tzinfo=UTC)}], {"timestamps_within_day"}),
+        (
+            [{}, {"event_id": "e2", "occurred_at": dt.datetime(2025, 3, 3, 23, 59, 59, tzinfo=UTC)}],
+            {"timestamps_within_day"},
+        ),
         ([{}, {}], {"unique_event_ids"}),
         ([{}, {"event_id": "e2", "project_id": "alice@example.org"}], {"no_personal_data"}),
         ([{}, {"event_id": "e2", "project_id": "192.168.10.2"}], {"no_personal_data"}),
@@ -86,7 +89,10 @@ def aggregate_rows(**changes):
 
 @pytest.fixture
 def config(tmp_path, fixture_source):
-    return write_config(tmp_path, {"alpha": {"start_date": "2025-03-01", "events": []}, "beta": {"start_date": "2025-03-01", "events": []}})
+    return write_config(
+        tmp_path,
+        {"alpha": {"start_date": "2025-03-01", "events": []}, "beta": {"start_date": "2025-03-01", "events": []}},
+    )
 
 
 KEYS = ["deployment", "period_start", "metric"]
@@ -137,7 +143,9 @@ def test_target_check_reports_value_target_and_deadline():
 
 
 def test_metric_added_through_catalog_alone(tmp_path, fixture_source):
-    text = CATALOG_FILE.read_text() + """
+    text = (
+        CATALOG_FILE.read_text()
+        + """
   - id: dataset_or_workflow
     title: Users who create a dataset or run a workflow
     description: Distinct users who did either in the period.
@@ -149,6 +157,7 @@ def test_metric_added_through_catalog_alone(tmp_path, fixture_source):
     known_gaps:
       - Anything never pushed.
 """
+    )
     path = Path(tmp_path) / "catalog.yaml"
     path.write_text(text)
     catalog = load_catalog(path)
@@ -163,9 +172,14 @@ def test_metric_added_through_catalog_alone(tmp_path, fixture_source):
     defs = build_defs(config=config, catalog=catalog, storage_root=root)
     instance = DagsterInstance.ephemeral()
     quiet = {"loggers": {"console": {"config": {"log_level": "ERROR"}}}}
-    for job, start, end in (("alpha_daily_extract", "2025-03-03", "2025-03-09"), ("weekly_metrics", "2025-03-03", "2025-03-03")):
+    for job, start, end in (
+        ("alpha_daily_extract", "2025-03-03", "2025-03-09"),
+        ("weekly_metrics", "2025-03-03", "2025-03-03"),
+    ):
         defs.resolve_job_def(job).execute_in_process(
-            instance=instance, run_config=quiet, tags={ASSET_PARTITION_RANGE_START_TAG: start, ASSET_PARTITION_RANGE_END_TAG: end}
+            instance=instance,
+            run_config=quiet,
+            tags={ASSET_PARTITION_RANGE_START_TAG: start, ASSET_PARTITION_RANGE_END_TAG: end},
         )
     rows = read_metrics("week", storage=root)
     new = rows[(rows["metric"] == "dataset_or_workflow") & (rows["deployment"] == "alpha")].iloc[0]

@@ -3,8 +3,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from renku_metrics.config import load_config
-from renku_metrics.sources.base import ConfigError
+from renku_metrics.core.config import load_config
+from renku_metrics.core.errors import ConfigError
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -36,7 +36,10 @@ def test_env_var_selects_file(tmp_path):
     "doc, message",
     [
         ({"deployments": [demo(colour="red")]}, "deployment 'alpha': unknown key 'colour'"),
-        ({"deployments": [{"name": "alpha", "sources": {"demo": {}}}]}, "deployment 'alpha': missing required key 'start_date'"),
+        (
+            {"deployments": [{"name": "alpha", "sources": {"demo": {}}}]},
+            "deployment 'alpha': missing required key 'start_date'",
+        ),
         ({"deployments": [demo(start_date="2025-13-01")]}, "deployment 'alpha': start_date must be a date"),
         ({"deployments": [demo(), demo()]}, "deployment 'alpha': duplicate deployment name"),
         ({"deployments": [demo(name="All")]}, "name must match"),
@@ -44,10 +47,16 @@ def test_env_var_selects_file(tmp_path):
         ({"deployments": [demo(sources={"demo": {"seed": "x"}})]}, "sources.demo.seed: expected an integer"),
         ({"deployments": [demo(sources={"demo": {"sead": 1}})]}, "sources.demo: unknown key 'sead'"),
         ({"deployments": []}, "non-empty list"),
-        ({"deployments": [demo(launched_on_start_date="yes")]}, "deployment 'alpha': launched_on_start_date must be true or false"),
+        (
+            {"deployments": [demo(launched_on_start_date="yes")]},
+            "deployment 'alpha': launched_on_start_date must be true or false",
+        ),
         ({"deployment": []}, "single top-level key 'deployments'"),
         ("deployments: [", "not valid YAML"),
-        ("deployments:\n  - {name: alpha, start_date: 2025-13-01, sources: {demo: {}}}\n", "deployment 'alpha': start_date must be a date"),
+        (
+            "deployments:\n  - {name: alpha, start_date: 2025-13-01, sources: {demo: {}}}\n",
+            "deployment 'alpha': start_date must be a date",
+        ),
     ],
 )
 def test_bad_config_names_file_deployment_and_key(tmp_path, doc, message):
@@ -81,7 +90,10 @@ def test_unset_secret_variable_is_named(tmp_path):
     path = write(tmp_path, doc)
     with pytest.raises(ConfigError) as info:
         load_config(path, env={})
-    assert "deployment 'alpha': sources.keycloak.client_secret_env: environment variable ALPHA_KEYCLOAK_SECRET is not set" in str(info.value)
+    assert (
+        "deployment 'alpha': sources.keycloak.client_secret_env: environment variable ALPHA_KEYCLOAK_SECRET is not set"
+        in str(info.value)
+    )
     assert load_config(path, env={"ALPHA_KEYCLOAK_SECRET": "s3cret"}).names == ["alpha"]
 
 

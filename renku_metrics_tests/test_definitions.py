@@ -5,7 +5,7 @@ from pathlib import Path
 
 from dagster import AssetKey
 
-from renku_metrics.config import load_config
+from renku_metrics.core.config import load_config
 from renku_metrics.definitions import build_defs
 
 REPO = Path(__file__).resolve().parent.parent
@@ -63,7 +63,13 @@ def test_partitions_weeks_start_monday_and_checks_exist():
     raw = graph.get(AssetKey(["demo_small", "raw_events"])).partitions_def
     assert raw.get_partition_keys()[0] == "2025-06-01"
     checks = {(c.asset_key.to_user_string(), c.name) for c in graph.asset_check_keys}
-    for name in ("user_ids_present", "timestamps_within_day", "unique_event_ids", "no_personal_data", "source_coverage"):
+    for name in (
+        "user_ids_present",
+        "timestamps_within_day",
+        "unique_event_ids",
+        "no_personal_data",
+        "source_coverage",
+    ):
         assert ("demo/raw_events", name) in checks
     for asset in ("core_actions_weekly", "active_users_monthly"):
         for name in ("users_within_active_users", "pct_within_0_100", "one_row_per_key", "deployments_present"):
@@ -89,15 +95,21 @@ def test_daily_schedule_requests_yesterday_and_retries_incomplete_days(tmp_path,
 
     from dagster import build_schedule_context
 
-    from renku_metrics.extract import extract_day
-    from renku_metrics.resources import MetricsStorageResource
-    from renku_metrics.storage import open_storage
+    from renku_metrics.core.extract import extract_day
+    from renku_metrics.core.storage import open_storage
+    from renku_metrics.defs.resources import MetricsStorageResource
 
     from .helpers import NOW, ev, write_config
 
     config = write_config(
         tmp_path,
-        {"alpha": {"start_date": "2025-03-01", "events": [ev("2025-03-04T10:00:00+00:00", "u", "login")], "incomplete_on_day": "2025-03-05"}},
+        {
+            "alpha": {
+                "start_date": "2025-03-01",
+                "events": [ev("2025-03-04T10:00:00+00:00", "u", "login")],
+                "incomplete_on_day": "2025-03-05",
+            }
+        },
     )
     root = str(tmp_path / "data")
     storage = open_storage(root)
@@ -123,16 +135,18 @@ def test_weekly_schedule_reruns_weeks_completed_since(tmp_path, fixture_source):
     from dagster import DagsterInstance, build_schedule_context
     from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
-    from renku_metrics.extract import extract_day
-    from renku_metrics.resources import MetricsStorageResource
-    from renku_metrics.storage import open_storage
+    from renku_metrics.core.extract import extract_day
+    from renku_metrics.core.storage import open_storage
+    from renku_metrics.defs.resources import MetricsStorageResource
 
     from .helpers import NOW, ev, write_config
 
     events = [ev("2025-03-04T10:00:00+00:00", "u", "login")]
     root = str(tmp_path / "data")
     storage = open_storage(root)
-    late = write_config(tmp_path, {"alpha": {"start_date": "2025-03-03", "events": events, "incomplete_on_day": "2025-03-05"}})
+    late = write_config(
+        tmp_path, {"alpha": {"start_date": "2025-03-03", "events": events, "incomplete_on_day": "2025-03-05"}}
+    )
     for day in range(3, 24):
         extract_day(storage, late.deployment("alpha"), dt.date(2025, 3, day), env={}, now=NOW)
     defs = build_defs(config=late, storage_root=root)

@@ -26,12 +26,13 @@ import yaml
 from dagster import DagsterInstance
 from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
-from renku_metrics.config import load_config
+from renku_metrics.core.config import load_config
+from renku_metrics.core.events import looks_personal, pseudonymize_user
+from renku_metrics.core.layout import manifest_key
+from renku_metrics.core.readers import read_active_users, read_events, read_metrics
+from renku_metrics.core.sources import gitlab as gitlab_source
+from renku_metrics.core.storage import open_storage
 from renku_metrics.definitions import build_defs
-from renku_metrics.events import looks_personal, pseudonymize_user
-from renku_metrics.readers import read_active_users, read_events, read_metrics
-from renku_metrics.sources import gitlab as gitlab_source
-from renku_metrics.storage import manifest_key, open_storage
 from renku_metrics_tests.simulators.gitlab_sim import GitLabSimulator
 from renku_metrics_tests.simulators.keycloak_sim import KeycloakSimulator
 from renku_metrics_tests.test_sources_data_services import DDL
@@ -98,8 +99,11 @@ def manifest_totals(root: str, deployment: str) -> dict:
 
 
 def failed_checks(result) -> list:
-    return [(c.asset_key, c.check_name, c.metadata) for c in result.get_asset_check_evaluations()
-            if not c.passed and not c.check_name.startswith("target_")]
+    return [
+        (c.asset_key, c.check_name, c.metadata)
+        for c in result.get_asset_check_evaluations()
+        if not c.passed and not c.check_name.startswith("target_")
+    ]
 
 
 def weekly_table(root: str, deployment: str) -> list[tuple]:
@@ -149,8 +153,18 @@ ALICE, BOB, CAROL, DAVE, FRANK, GINA, HANK, JOE, STAFF, CI = (kc(n) for n in ran
 # GitLab user ids.
 GL_ALICE, GL_BOB, GL_DAVE, GL_ERIN, GL_BOT, GL_CI = 101, 102, 104, 105, 106, 107
 ERIN_KEY = "gitlab:105"  # GitLab author without a Keycloak identity
-USERNAMES = {ALICE: "alice", BOB: "bob", CAROL: "carol", DAVE: "dave", FRANK: "frank", GINA: "gina",
-             HANK: "hank", JOE: "joe", STAFF: "staff.member", CI: "ci-runner"}
+USERNAMES = {
+    ALICE: "alice",
+    BOB: "bob",
+    CAROL: "carol",
+    DAVE: "dave",
+    FRANK: "frank",
+    GINA: "gina",
+    HANK: "hank",
+    JOE: "joe",
+    STAFF: "staff.member",
+    CI: "ci-runner",
+}
 
 R1_LOGINS = [
     # (time, Keycloak id); IP and username are what Keycloak returns with every record.
@@ -190,9 +204,14 @@ def r1_gitlab(sim: GitLabSimulator) -> None:
     sim.push(7, GL_DAVE, t(9, "23:59:59", 999), ["dev.renku.ch: dataset create other", "renku run python train.py"])
     # Week 2, from its first millisecond: two commits read through commit_from..commit_to.
     sim.push(7, GL_BOB, t(10, "00:00:00"), ["renku run python eval.py", "Update README"])
-    sim.push(8, GL_ALICE, t(11, "09:00:00"),
-             ["renku dataset import --name zenodo-data https://zenodo.org/record/3363060"],
-             branch="feature", base="master")
+    sim.push(
+        8,
+        GL_ALICE,
+        t(11, "09:00:00"),
+        ["renku dataset import --name zenodo-data https://zenodo.org/record/3363060"],
+        branch="feature",
+        base="master",
+    )
     sim.push(9, GL_ERIN, t(12, "14:00:00"), ["renku run python erin.py"])
     # Two days later Dave fast-forwards project 8's master to Alice's feature branch: his push
     # brings Alice's commit again. It counts once, for whoever pushed it first (Alice), as
@@ -223,10 +242,14 @@ R1_AUDIT = [
 def audit_line(moment: dt.datetime, uid: str, old: str | None, new: str, user: str | None) -> str:
     labels = {"renku.io/userId": user, "renku.io/gitlabProjectId": "7"} if user else {}
     message = {
-        "name": f"session-{uid}", "namespace": "renku", "uid": uid,
+        "name": f"session-{uid}",
+        "namespace": "renku",
+        "uid": uid,
         "creation_timestamp": "2025-03-01T08:00:00+00:00",
         "resource_request": {"cpu_millicores": 500, "memory_bytes": 1e9, "disk_bytes": 1e9, "gpus": 0},
-        "image": "registry.example.org/image:abc", "status": new, "old_status": old,
+        "image": "registry.example.org/image:abc",
+        "status": new,
+        "old_status": old,
         "additional_labels": labels,
     }
     return json.dumps({"time": moment.isoformat(timespec="milliseconds"), "message": message})
@@ -299,25 +322,46 @@ def test_renku1_simulators_to_weekly_metrics(tmp_path, s3_endpoint, s3_bucket, m
     # The GitLab connector marks windows older than GitLab's 3-year event retention incomplete,
     # judged by its clock: give it the simulators' "now", so the test does not expire in 2028.
     monkeypatch.setattr(
-        gitlab_source.Source, "__init__", functools.partialmethod(gitlab_source.Source.__init__, now=lambda: UPSTREAM_NOW)
+        gitlab_source.Source,
+        "__init__",
+        functools.partialmethod(gitlab_source.Source.__init__, now=lambda: UPSTREAM_NOW),
     )
     fast = {"backoff_seconds": 0.01, "max_backoff_seconds": 0.05, "max_retries": 2}
     with keycloak, gitlab:
-        path = write_deployments(tmp_path, {
-            "name": "renkulab",
-            "start_date": FIRST_DAY,
-            "excluded_users": [STAFF],
-            "sources": {
-                "keycloak": {"url": keycloak.base_url, "realm": keycloak.realm, "client_id": keycloak.client_id,
-                             "client_secret_env": "RENKULAB_KEYCLOAK_SECRET", **fast},
-                "gitlab": {"url": gitlab.url, "token_env": "RENKULAB_GITLAB_TOKEN",
-                           "identity_provider": "oauth2_generic", "exclude_users": ["ci-runner"],
-                           "renku_domain": "renkulab.io", **fast},
-                "amalthea_audit_log": {"bucket": s3_bucket, "prefix": "renkulab/", "endpoint_url": s3_endpoint,
-                                       "region": "us-east-1", "access_key_id_env": "RENKULAB_AUDIT_KEY_ID",
-                                       "secret_access_key_env": "RENKULAB_AUDIT_SECRET", "max_attempts": 2},
+        path = write_deployments(
+            tmp_path,
+            {
+                "name": "renkulab",
+                "start_date": FIRST_DAY,
+                "excluded_users": [STAFF],
+                "sources": {
+                    "keycloak": {
+                        "url": keycloak.base_url,
+                        "realm": keycloak.realm,
+                        "client_id": keycloak.client_id,
+                        "client_secret_env": "RENKULAB_KEYCLOAK_SECRET",
+                        **fast,
+                    },
+                    "gitlab": {
+                        "url": gitlab.url,
+                        "token_env": "RENKULAB_GITLAB_TOKEN",
+                        "identity_provider": "oauth2_generic",
+                        "exclude_users": ["ci-runner"],
+                        "renku_domain": "renkulab.io",
+                        **fast,
+                    },
+                    "amalthea_audit_log": {
+                        "bucket": s3_bucket,
+                        "prefix": "renkulab/",
+                        "endpoint_url": s3_endpoint,
+                        "region": "us-east-1",
+                        "access_key_id_env": "RENKULAB_AUDIT_KEY_ID",
+                        "secret_access_key_env": "RENKULAB_AUDIT_SECRET",
+                        "max_attempts": 2,
+                    },
+                },
             },
-        })
+        )
         config = load_config(path, env=env)
         root = str(tmp_path / "data")
         defs = build_defs(config=config, storage_root=root)
@@ -371,10 +415,21 @@ def test_renku1_simulators_to_weekly_metrics(tmp_path, s3_endpoint, s3_bucket, m
         assert absent not in set(events["user_id"])
     assert events["occurred_at"].min() == t(3, "08:00:00") and events["occurred_at"].max() == t(16, "23:59:59", 999)
     gitlab_events = events[events["source"] == "gitlab"]
-    assert dict(zip(gitlab_events["project_id"], gitlab_events["project_visibility"])) == {
-        "7": "private", "8": "public", "9": "internal"}
-    personal = [*USERNAMES.values(), "erin", "project_7_bot", "example.org", "Jane Doe", "Name of",
-                "192.0.2.17", *(u for u in USERNAMES)]
+    assert dict(zip(gitlab_events["project_id"], gitlab_events["project_visibility"], strict=False)) == {
+        "7": "private",
+        "8": "public",
+        "9": "internal",
+    }
+    personal = [
+        *USERNAMES.values(),
+        "erin",
+        "project_7_bot",
+        "example.org",
+        "Jane Doe",
+        "Name of",
+        "192.0.2.17",
+        *(u for u in USERNAMES),
+    ]
     assert_no_personal_data(events, personal)
     assert_no_personal_data_in_text_files(root, list(USERNAMES))
 
@@ -384,8 +439,10 @@ def test_renku1_simulators_to_weekly_metrics(tmp_path, s3_endpoint, s3_bucket, m
 # -----------------------------------------------------------------------------------
 
 # Keycloak ids of the people of deployment "renkuhub".
-R2 = {name: kc(0x200 + i) for i, name in enumerate(
-    ["ann", "ben", "cid", "dia", "eve", "fay", "gus", "hal", "pia", "zed", "kim"])}
+R2 = {
+    name: kc(0x200 + i)
+    for i, name in enumerate(["ann", "ben", "cid", "dia", "eve", "fay", "gus", "hal", "pia", "zed", "kim"])
+}
 
 R2_LOGINS = [
     (t(1, "09:00:00"), "ann"),  # before start_date; proves retention (through the probe)
@@ -461,8 +518,17 @@ def fill_data_services(params: dict) -> None:
                    (id, namespace, name, uid, kind, api_version, phase, capture_date, capture_interval,
                     user_id, project_id, since, cpu_request, memory_request)
                    VALUES (%s, 'renku', %s, %s, %s, 'v1', %s, %s, interval '10 minutes', %s, %s, %s, 0.5, 1000000000)""",
-                (f"01JCAPTURE{n:016d}", f"session-{uid}", uid, kind, phase, captured,
-                 R2[user] if user else None, "01JPROJECT0000000000000001" if user else None, since),
+                (
+                    f"01JCAPTURE{n:016d}",
+                    f"session-{uid}",
+                    uid,
+                    kind,
+                    phase,
+                    captured,
+                    R2[user] if user else None,
+                    "01JPROJECT0000000000000001" if user else None,
+                    since,
+                ),
             )
         for n, (event, anonymous, timestamp) in enumerate(r2_metrics_rows()):
             cur.execute(
@@ -518,16 +584,25 @@ def test_renku2_keycloak_and_data_services_to_weekly_metrics(tmp_path, postgres_
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     with keycloak:
-        path = write_deployments(tmp_path, {
-            "name": "renkuhub",
-            "start_date": FIRST_DAY,
-            "sources": {
-                "keycloak": {"url": keycloak.base_url, "realm": keycloak.realm, "client_id": keycloak.client_id,
-                             "client_secret_env": "RENKUHUB_KEYCLOAK_SECRET", "backoff_seconds": 0.01,
-                             "max_backoff_seconds": 0.05, "max_retries": 2},
-                "data_services": {"dsn_env": "RENKUHUB_DATA_SERVICES_DSN", "connect_timeout_seconds": 5},
+        path = write_deployments(
+            tmp_path,
+            {
+                "name": "renkuhub",
+                "start_date": FIRST_DAY,
+                "sources": {
+                    "keycloak": {
+                        "url": keycloak.base_url,
+                        "realm": keycloak.realm,
+                        "client_id": keycloak.client_id,
+                        "client_secret_env": "RENKUHUB_KEYCLOAK_SECRET",
+                        "backoff_seconds": 0.01,
+                        "max_backoff_seconds": 0.05,
+                        "max_retries": 2,
+                    },
+                    "data_services": {"dsn_env": "RENKUHUB_DATA_SERVICES_DSN", "connect_timeout_seconds": 5},
+                },
             },
-        })
+        )
         config = load_config(path, env=env)
         root = str(tmp_path / "data")
         defs = build_defs(config=config, storage_root=root)
@@ -539,7 +614,11 @@ def test_renku2_keycloak_and_data_services_to_weekly_metrics(tmp_path, postgres_
     assert (meta["days"], meta["incomplete_days"], meta["rejected_records"]) == (14, 0, 0)
     # 8 logins in the range; 5 pod starts (ann x2, cid, dia, eve); 3 data connectors (ben, cid, ann).
     assert {a: meta[f"events_{a}"] for a in ("login", *METRICS)} == {
-        "login": 8, "commit": 0, "create_dataset": 3, "run_workflow": 0, "start_session": 5,
+        "login": 8,
+        "commit": 0,
+        "create_dataset": 3,
+        "run_workflow": 0,
+        "start_session": 5,
     }
     assert meta["data_services/session_starts"] == 5
     assert meta["data_services/pods_pending_only"] == 1  # pia's pod, on 03-04
@@ -553,10 +632,15 @@ def test_renku2_keycloak_and_data_services_to_weekly_metrics(tmp_path, postgres_
     md5 = lambda name: pseudonymize_user(R2[name])  # noqa: E731
     assert set(events["user_id"]) == {md5(n) for n in ("ann", "ben", "cid", "dia", "eve", "fay", "gus", "hal", "pia")}
     starts = events[events["action"] == "start_session"]
-    assert sorted(zip(starts["user_id"], starts["occurred_at"])) == sorted([
-        (md5("ann"), t(5, "09:57:00")), (md5("cid"), t(9, "23:55:00")), (md5("dia"), t(10, "00:00:00")),
-        (md5("ann"), t(12, "14:01:00")), (md5("eve"), t(16, "23:59:59", 999)),
-    ])
+    assert sorted(zip(starts["user_id"], starts["occurred_at"], strict=False)) == sorted(
+        [
+            (md5("ann"), t(5, "09:57:00")),
+            (md5("cid"), t(9, "23:55:00")),
+            (md5("dia"), t(10, "00:00:00")),
+            (md5("ann"), t(12, "14:01:00")),
+            (md5("eve"), t(16, "23:59:59", 999)),
+        ]
+    )
     assert_no_personal_data(events, [*R2.values(), "example.org", "198.51.100.7"])
     assert_no_personal_data_in_text_files(root, [*R2.values(), p["password"]])
 

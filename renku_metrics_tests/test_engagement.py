@@ -29,19 +29,28 @@ import pandas as pd
 import pytest
 from dagster import AssetKey, DagsterInstance, materialize
 
-from renku_metrics import engagement, read_lifecycle, read_retention, read_stickiness
-from renku_metrics.aggregate import coverage_for
-from renku_metrics.config import Deployment, MetricsConfig
-from renku_metrics.engagement_assets import (
+from renku_metrics import read_lifecycle, read_retention, read_stickiness
+from renku_metrics.core import engagement
+from renku_metrics.core.aggregate import coverage_for
+from renku_metrics.core.config import Deployment, MetricsConfig
+from renku_metrics.core.events import (
+    TimeWindow,
+    events_frame,
+    make_event_id,
+    pseudonymize_user,
+    to_arrow,
+    validate_events,
+)
+from renku_metrics.core.layout import manifest_key, metrics_key, raw_events_key
+from renku_metrics.core.sources.demo import Settings as DemoSettings
+from renku_metrics.core.storage import LocalStorage
+from renku_metrics.defs.engagement.assets import (
     build_engagement_assets,
     check_lifecycle,
     check_retention,
     check_stickiness,
 )
-from renku_metrics.events import TimeWindow, events_frame, make_event_id, pseudonymize_user, to_arrow, validate_events
-from renku_metrics.resources import MetricsStorageResource
-from renku_metrics.sources.demo import Settings as DemoSettings
-from renku_metrics.storage import LocalStorage, manifest_key, metrics_key, raw_events_key
+from renku_metrics.defs.resources import MetricsStorageResource
 
 D = dt.date
 W = [D(2025, 1, 6) + dt.timedelta(weeks=k) for k in range(16)]  # Mondays W0..W15
@@ -150,7 +159,9 @@ def row(frame: pd.DataFrame, deployment: str, start: dt.date) -> pd.Series:
 
 
 def counts(r: pd.Series) -> tuple[int, ...]:
-    return tuple(int(r[c]) for c in ("active_users", "new_users", "returning_users", "resurrected_users", "dormant_users"))
+    return tuple(
+        int(r[c]) for c in ("active_users", "new_users", "returning_users", "resurrected_users", "dormant_users")
+    )
 
 
 # --------------------------------------------------------------------------- lifecycle
@@ -228,7 +239,10 @@ def test_lifecycle_history_edges(storage):
     # W5's warm-up (W1..W4) is clean; the older gap is only mentioned
     w5 = row(short, "alpha", W[5])
     assert w5["history_complete"] and w5["complete"], w5["coverage_note"]
-    assert "older history before 2025-01-13: 0 day(s) not extracted, 1 day(s) with incomplete sources" in w5["coverage_note"]
+    assert (
+        "older history before 2025-01-13: 0 day(s) not extracted, 1 day(s) with incomplete sources"
+        in w5["coverage_note"]
+    )
     # beta's history starts in W4: never trusted that early, and so neither is `all`
     assert not row(short, "beta", W[5])["history_complete"]
     assert not row(short, "all", W[5])["complete"]
@@ -262,7 +276,10 @@ def test_day_index_coverage_matches_aggregate(storage):
         for start, end in ((W[0], W[1]), (W[4], W[5]), (D(2025, 4, 1), D(2025, 5, 1)), (D(2024, 12, 30), W[0])):
             mine, theirs = days.coverage(start, end, today), coverage_for(storage, dep, start, end, today)
             assert (mine.days_expected, mine.days_extracted, mine.event_keys, mine.incomplete_sources) == (
-                theirs.days_expected, theirs.days_extracted, theirs.event_keys, theirs.incomplete_sources
+                theirs.days_expected,
+                theirs.days_extracted,
+                theirs.event_keys,
+                theirs.incomplete_sources,
             )
             assert mine.note(True) == theirs.note(True)
 
@@ -272,8 +289,18 @@ def test_day_index_coverage_matches_aggregate(storage):
 
 def test_full_weeks_in_month():
     assert engagement.full_weeks_in_month(D(2025, 2, 1)) == [D(2025, 2, 3), D(2025, 2, 10), D(2025, 2, 17)]
-    assert engagement.full_weeks_in_month(D(2027, 2, 1)) == [D(2027, 2, 1), D(2027, 2, 8), D(2027, 2, 15), D(2027, 2, 22)]
-    assert engagement.full_weeks_in_month(D(2025, 9, 1)) == [D(2025, 9, 1), D(2025, 9, 8), D(2025, 9, 15), D(2025, 9, 22)]
+    assert engagement.full_weeks_in_month(D(2027, 2, 1)) == [
+        D(2027, 2, 1),
+        D(2027, 2, 8),
+        D(2027, 2, 15),
+        D(2027, 2, 22),
+    ]
+    assert engagement.full_weeks_in_month(D(2025, 9, 1)) == [
+        D(2025, 9, 1),
+        D(2025, 9, 8),
+        D(2025, 9, 15),
+        D(2025, 9, 22),
+    ]
 
 
 def test_stickiness_february(storage):
@@ -465,8 +492,8 @@ def test_read_scope_stickiness_period_only_lifecycle_whole_history(storage):
 
 
 def test_active_users_agree_with_the_aggregates(storage):
-    from renku_metrics.aggregate import aggregate_period
-    from renku_metrics.catalog import load_catalog
+    from renku_metrics.core.aggregate import aggregate_period
+    from renku_metrics.core.catalog import load_catalog
 
     catalog = load_catalog()
     life = engagement.lifecycle(storage, [ALPHA, BETA], "week", [W[0], W[5], W[9]], NOW)
@@ -476,6 +503,6 @@ def test_active_users_agree_with_the_aggregates(storage):
         *(("month", m, sticky, "monthly_active_users") for m in (D(2025, 2, 1), D(2025, 3, 1))),
     ]:
         active = aggregate_period(storage, [ALPHA, BETA], catalog, period, start, NOW).active_users
-        expected = dict(zip(active["deployment"], active["active_users"]))
-        got = dict(zip(*(frame.loc[frame["period_start"] == start, c] for c in ("deployment", column))))
+        expected = dict(zip(active["deployment"], active["active_users"], strict=False))
+        got = dict(zip(*(frame.loc[frame["period_start"] == start, c] for c in ("deployment", column)), strict=False))
         assert got == expected and expected["all"] > 0, (period, start)

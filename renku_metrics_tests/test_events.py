@@ -3,7 +3,7 @@ import hashlib
 
 import pytest
 
-from renku_metrics.events import (
+from renku_metrics.core.events import (
     EVENT_SCHEMA,
     TimeWindow,
     events_frame,

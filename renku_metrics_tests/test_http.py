@@ -10,8 +10,9 @@ import time
 import pytest
 import requests
 
-from renku_metrics.sources.base import ConfigError, SourceError
-from renku_metrics.sources.http import HeaderAuth, HttpClient, HttpSettings, bounded_map, validate_base_url
+from renku_metrics.core.errors import ConfigError
+from renku_metrics.core.sources.base import SourceError
+from renku_metrics.core.sources.http import HeaderAuth, HttpClient, HttpSettings, bounded_map, validate_base_url
 from renku_metrics_tests.conftest import free_port
 from renku_metrics_tests.simulators import Request, Response, SimulatorServer
 from renku_metrics_tests.simulators.gitlab_sim import GitLabSimulator
@@ -82,7 +83,9 @@ def test_offset_paging_past_10000_records_without_totals(gitlab):
     assert "x-total" not in raw.headers and "x-total-pages" not in raw.headers
     assert "last" not in raw.links and raw.headers["x-next-page"] == "2"
     client = client_for(gitlab)
-    items = [e for page in client.iter_offset_pages("/api/v4/projects/10/events", EVENTS_PARAMS, per_page=100) for e in page]
+    items = [
+        e for page in client.iter_offset_pages("/api/v4/projects/10/events", EVENTS_PARAMS, per_page=100) for e in page
+    ]
     assert len(items) == 10_050
     assert len({e["id"] for e in items}) == 10_050
 
@@ -146,7 +149,9 @@ class ForeignLinkServer(SimulatorServer):
 
 def test_keyset_next_link_is_rebased_onto_the_configured_origin():
     with ForeignLinkServer() as sim:
-        client = HttpClient(sim.url, deployment="d", source="s", settings=FAST, auth=HeaderAuth("PRIVATE-TOKEN", "tok-123456"))
+        client = HttpClient(
+            sim.url, deployment="d", source="s", settings=FAST, auth=HeaderAuth("PRIVATE-TOKEN", "tok-123456")
+        )
         pages = list(client.iter_keyset_pages("/items", None))
         assert pages == [[1, 2], [3]]
         second = sim.requests[-1]
@@ -180,7 +185,9 @@ def test_persistent_5xx_raises_source_error_without_query_or_token(gitlab, caplo
 
 
 def test_client_errors_are_not_retried(gitlab):
-    client = HttpClient(gitlab.url, deployment="d", source="gitlab", settings=FAST, auth=HeaderAuth("PRIVATE-TOKEN", "wrong-token-xyz"))
+    client = HttpClient(
+        gitlab.url, deployment="d", source="gitlab", settings=FAST, auth=HeaderAuth("PRIVATE-TOKEN", "wrong-token-xyz")
+    )
     with pytest.raises(SourceError, match=r"401.*credentials rejected") as info:
         client.get_json("/api/v4/projects")
     assert "wrong-token-xyz" not in str(info.value)
@@ -248,14 +255,18 @@ def test_body_cut_short_is_retried(gitlab):
 def test_timeout_is_retried(gitlab):
     gitlab.add_project(10)
     gitlab.inject("delay", times=1, delay=1.0)
-    client = client_for(gitlab, settings=HttpSettings(timeout_seconds=0.3, backoff_seconds=0.001, max_backoff_seconds=0.002))
+    client = client_for(
+        gitlab, settings=HttpSettings(timeout_seconds=0.3, backoff_seconds=0.001, max_backoff_seconds=0.002)
+    )
     assert client.get_json("/api/v4/projects", expect=list)[0]["id"] == 10
     assert client.stats["http_retries"] == 1
 
 
 def test_unreachable_server_is_a_source_error():
     client = HttpClient(f"http://127.0.0.1:{free_port()}", deployment="d", source="keycloak", settings=FAST)
-    with pytest.raises(SourceError, match=r"'d', source 'keycloak': GET /x failed: ConnectionError .* after 5 attempts"):
+    with pytest.raises(
+        SourceError, match=r"'d', source 'keycloak': GET /x failed: ConnectionError .* after 5 attempts"
+    ):
         client.get_json("/x")
 
 

@@ -7,7 +7,7 @@ from dagster import DagsterInstance
 from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 from nbclient import NotebookClient
 
-from renku_metrics.config import load_config
+from renku_metrics.core.config import load_config
 from renku_metrics.definitions import build_defs
 
 REPO = Path(__file__).resolve().parent.parent
@@ -19,14 +19,26 @@ def test_notebook_executes(tmp_path, monkeypatch):
     root = tmp_path / "data"
     defs = build_defs(config=load_config(config_file, env={}), storage_root=str(root))
     instance = DagsterInstance.ephemeral()
-    for job, start, end in (("demo_daily_extract", "2025-03-01", "2025-04-06"), ("weekly_metrics", "2025-03-03", "2025-03-31"), ("monthly_metrics", "2025-03-01", "2025-03-01")):
-        assert defs.resolve_job_def(job).execute_in_process(
-            instance=instance, run_config={"loggers": {"console": {"config": {"log_level": "ERROR"}}}}, tags={ASSET_PARTITION_RANGE_START_TAG: start, ASSET_PARTITION_RANGE_END_TAG: end}
-        ).success
+    for job, start, end in (
+        ("demo_daily_extract", "2025-03-01", "2025-04-06"),
+        ("weekly_metrics", "2025-03-03", "2025-03-31"),
+        ("monthly_metrics", "2025-03-01", "2025-03-01"),
+    ):
+        assert (
+            defs.resolve_job_def(job)
+            .execute_in_process(
+                instance=instance,
+                run_config={"loggers": {"console": {"config": {"log_level": "ERROR"}}}},
+                tags={ASSET_PARTITION_RANGE_START_TAG: start, ASSET_PARTITION_RANGE_END_TAG: end},
+            )
+            .success
+        )
 
     notebook = nbformat.read(str(REPO / "notebooks" / "renku_metrics.ipynb"), as_version=4)
     monkeypatch.setenv("RENKU_METRICS_STORAGE", str(root))
-    NotebookClient(notebook, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
+    NotebookClient(
+        notebook, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
+    ).execute()
     outputs = "\n".join(
         o.get("text", "") for cell in notebook.cells if cell.cell_type == "code" for o in cell.get("outputs", [])
     )

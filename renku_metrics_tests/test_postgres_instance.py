@@ -6,7 +6,7 @@ from pathlib import Path
 import psycopg2
 from dagster import AssetKey, DagsterInstance, materialize
 
-from renku_metrics.config import load_config
+from renku_metrics.core.config import load_config
 from renku_metrics.definitions import build_defs
 
 REPO = Path(__file__).resolve().parent.parent
@@ -42,5 +42,8 @@ def test_materialize_with_postgres_instance(tmp_path, postgres_db, monkeypatch):
     with psycopg2.connect(**postgres_db) as con, con.cursor() as cur:
         cur.execute("SELECT count(*) FROM runs WHERE run_id = %s", (result.run_id,))
         assert cur.fetchone()[0] == 1
-        cur.execute("SELECT count(*) FROM event_logs WHERE run_id = %s AND dagster_event_type = 'ASSET_MATERIALIZATION'", (result.run_id,))
+        cur.execute(
+            "SELECT count(*) FROM event_logs WHERE run_id = %s AND dagster_event_type = 'ASSET_MATERIALIZATION'",
+            (result.run_id,),
+        )
         assert cur.fetchone()[0] == 1

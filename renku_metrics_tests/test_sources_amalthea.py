@@ -11,10 +11,11 @@ import boto3
 import pytest
 import requests
 
-from renku_metrics.config import parse_config
-from renku_metrics.events import TimeWindow, events_frame, pseudonymize_user, validate_events
-from renku_metrics.sources import source_module
-from renku_metrics.sources.amalthea import (
+from renku_metrics.core.config import parse_config
+from renku_metrics.core.errors import ConfigError
+from renku_metrics.core.events import TimeWindow, events_frame, pseudonymize_user, validate_events
+from renku_metrics.core.sources import source_module
+from renku_metrics.core.sources.amalthea import (
     AuditObject,
     Settings,
     Source,
@@ -22,7 +23,7 @@ from renku_metrics.sources.amalthea import (
     parse_object_name,
     parse_time,
 )
-from renku_metrics.sources.base import ConfigError, SourceError
+from renku_metrics.core.sources.base import SourceError
 
 from .conftest import free_port
 
@@ -145,32 +146,59 @@ def test_objects_for_window_spans_lookback_to_window_end_inclusive():
 
 def test_day_lines_in_previous_days_object_and_which_transitions_are_starts(s3_endpoint, s3_bucket):
     prev, nxt = DAY - dt.timedelta(days=1), DAY + dt.timedelta(days=1)
-    put(s3_endpoint, s3_bucket, object_key("audit/", at(prev, "09:30:00")), [
-        audit_line("2023-05-01T10:00:00+00:00", "s0", "starting", "running", user="kc-early"),  # day before
-        audit_line("2023-05-02T01:30:00+02:00", "s9", "starting", "running", user="kc-offset"),  # 23:30 UTC day before
-        audit_line("2023-05-02T01:00:00+00:00", "s1", None, "starting", user="kc-a"),  # new session: not a start
-        audit_line("2023-05-02T01:15:00+00:00", "s1", "starting", "running", user="kc-a", project="42"),
-        audit_line("2023-05-02T02:00:00+00:00", "s1", "running", "stopping", user="kc-a", project="42"),
-        audit_line("2023-05-02T03:00:00+00:00", "s2", "starting", "failed", user="kc-failed"),
-    ])
-    put(s3_endpoint, s3_bucket, object_key("audit/", at(DAY, "09:30:12")), [
-        audit_line("2023-05-02T10:00:00+00:00", "s3", "hibernated", "starting", user="kc-b", project="7"),
-        audit_line("2023-05-02T10:02:00+00:00", "s3", "starting", "running", user="kc-b", project="7"),  # resumed
-        audit_line("2023-05-02T23:59:59+00:00", "s4", "starting", "running", user="kc-c"),
-        audit_line("2023-05-03T00:00:00+00:00", "s5", "starting", "running", user="kc-next-day"),
-    ])
+    put(
+        s3_endpoint,
+        s3_bucket,
+        object_key("audit/", at(prev, "09:30:00")),
+        [
+            audit_line("2023-05-01T10:00:00+00:00", "s0", "starting", "running", user="kc-early"),  # day before
+            audit_line(
+                "2023-05-02T01:30:00+02:00", "s9", "starting", "running", user="kc-offset"
+            ),  # 23:30 UTC day before
+            audit_line("2023-05-02T01:00:00+00:00", "s1", None, "starting", user="kc-a"),  # new session: not a start
+            audit_line("2023-05-02T01:15:00+00:00", "s1", "starting", "running", user="kc-a", project="42"),
+            audit_line("2023-05-02T02:00:00+00:00", "s1", "running", "stopping", user="kc-a", project="42"),
+            audit_line("2023-05-02T03:00:00+00:00", "s2", "starting", "failed", user="kc-failed"),
+        ],
+    )
+    put(
+        s3_endpoint,
+        s3_bucket,
+        object_key("audit/", at(DAY, "09:30:12")),
+        [
+            audit_line("2023-05-02T10:00:00+00:00", "s3", "hibernated", "starting", user="kc-b", project="7"),
+            audit_line("2023-05-02T10:02:00+00:00", "s3", "starting", "running", user="kc-b", project="7"),  # resumed
+            audit_line("2023-05-02T23:59:59+00:00", "s4", "starting", "running", user="kc-c"),
+            audit_line("2023-05-03T00:00:00+00:00", "s5", "starting", "running", user="kc-next-day"),
+        ],
+    )
     # Objects that cannot hold lines of the window, each with a planted in-window start:
     # if either were read, its user would show up.
-    put(s3_endpoint, s3_bucket, object_key("audit/", at(nxt, "09:30:20")), [
-        audit_line("2023-05-02T12:00:00+00:00", "sz", "starting", "running", user="kc-planted-after"),
-    ])
-    put(s3_endpoint, s3_bucket, object_key("audit/", at(DAY - dt.timedelta(days=3), "09:30:00")), [
-        audit_line("2023-05-02T12:00:00+00:00", "sy", "starting", "running", user="kc-planted-before"),
-    ])
+    put(
+        s3_endpoint,
+        s3_bucket,
+        object_key("audit/", at(nxt, "09:30:20")),
+        [
+            audit_line("2023-05-02T12:00:00+00:00", "sz", "starting", "running", user="kc-planted-after"),
+        ],
+    )
+    put(
+        s3_endpoint,
+        s3_bucket,
+        object_key("audit/", at(DAY - dt.timedelta(days=3), "09:30:00")),
+        [
+            audit_line("2023-05-02T12:00:00+00:00", "sy", "starting", "running", user="kc-planted-before"),
+        ],
+    )
     put(s3_endpoint, s3_bucket, "audit/README.txt", ["not an audit log"])
-    put(s3_endpoint, s3_bucket, object_key("elsewhere/", at(DAY, "00:00:00")), [
-        audit_line("2023-05-02T12:00:00+00:00", "sx", "starting", "running", user="kc-other-prefix"),
-    ])
+    put(
+        s3_endpoint,
+        s3_bucket,
+        object_key("elsewhere/", at(DAY, "00:00:00")),
+        [
+            audit_line("2023-05-02T12:00:00+00:00", "sx", "starting", "running", user="kc-other-prefix"),
+        ],
+    )
 
     result = make_source(s3_endpoint, s3_bucket).extract(WINDOW)
 
@@ -198,12 +226,22 @@ def test_day_lines_in_previous_days_object_and_which_transitions_are_starts(s3_e
 
 def test_the_previous_days_object_is_needed_for_early_lines(s3_endpoint, s3_bucket):
     """With a lookback shorter than the rotation period the early start is lost."""
-    put(s3_endpoint, s3_bucket, object_key("audit/", at(DAY - dt.timedelta(days=1), "09:30:00")), [
-        audit_line("2023-05-02T01:15:00+00:00", "s1", "starting", "running", user="kc-a"),
-    ])
-    put(s3_endpoint, s3_bucket, object_key("audit/", at(DAY, "09:30:00")), [
-        audit_line("2023-05-02T11:00:00+00:00", "s2", "starting", "running", user="kc-b"),
-    ])
+    put(
+        s3_endpoint,
+        s3_bucket,
+        object_key("audit/", at(DAY - dt.timedelta(days=1), "09:30:00")),
+        [
+            audit_line("2023-05-02T01:15:00+00:00", "s1", "starting", "running", user="kc-a"),
+        ],
+    )
+    put(
+        s3_endpoint,
+        s3_bucket,
+        object_key("audit/", at(DAY, "09:30:00")),
+        [
+            audit_line("2023-05-02T11:00:00+00:00", "s2", "starting", "running", user="kc-b"),
+        ],
+    )
     full = make_source(s3_endpoint, s3_bucket).extract(WINDOW)
     short = make_source(s3_endpoint, s3_bucket, lookback_hours=2).extract(WINDOW)
     assert set(starts(full)) == {pseudonymize_user("kc-a"), pseudonymize_user("kc-b")}
@@ -213,12 +251,17 @@ def test_the_previous_days_object_is_needed_for_early_lines(s3_endpoint, s3_buck
 
 def test_event_ids_are_stable_and_a_repeated_line_counts_once(s3_endpoint, s3_bucket):
     start = audit_line("2023-05-02T08:00:00+00:00", "s1", "starting", "running", user="kc-a")
-    put(s3_endpoint, s3_bucket, object_key("audit/", at(DAY, "00:00:05")), [
-        start,
-        start,  # the same transition logged twice
-        audit_line("2023-05-02T09:00:00+00:00", "s1", "running", "hibernated", user="kc-a"),
-        audit_line("2023-05-02T12:00:00+00:00", "s1", "starting", "running", user="kc-a"),  # resumed later
-    ])
+    put(
+        s3_endpoint,
+        s3_bucket,
+        object_key("audit/", at(DAY, "00:00:05")),
+        [
+            start,
+            start,  # the same transition logged twice
+            audit_line("2023-05-02T09:00:00+00:00", "s1", "running", "hibernated", user="kc-a"),
+            audit_line("2023-05-02T12:00:00+00:00", "s1", "starting", "running", user="kc-a"),  # resumed later
+        ],
+    )
     first = make_source(s3_endpoint, s3_bucket).extract(WINDOW)
     second = make_source(s3_endpoint, s3_bucket).extract(WINDOW)
     ids = [e["event_id"] for e in first.events]
@@ -230,13 +273,18 @@ def test_event_ids_are_stable_and_a_repeated_line_counts_once(s3_endpoint, s3_bu
 
 
 def test_starts_without_user_label_are_counted_not_hidden(s3_endpoint, s3_bucket):
-    put(s3_endpoint, s3_bucket, object_key("audit/", at(DAY, "00:00:00")), [
-        audit_line("2023-05-02T08:00:00+00:00", "s1", "starting", "running", user="kc-a"),
-        audit_line("2023-05-02T08:05:00+00:00", "s2", "starting", "running"),  # no labels at all
-        audit_line("2023-05-02T08:06:00+00:00", "s3", "starting", "running", labels={"renku.io/userId": ""}),
-        audit_line("2023-05-02T08:07:00+00:00", "s4", "starting", "running", labels={"custom/user": "kc-d"}),
-        audit_line("2023-05-02T08:08:00+00:00", "s5", None, "starting"),  # not a start: not counted either
-    ])
+    put(
+        s3_endpoint,
+        s3_bucket,
+        object_key("audit/", at(DAY, "00:00:00")),
+        [
+            audit_line("2023-05-02T08:00:00+00:00", "s1", "starting", "running", user="kc-a"),
+            audit_line("2023-05-02T08:05:00+00:00", "s2", "starting", "running"),  # no labels at all
+            audit_line("2023-05-02T08:06:00+00:00", "s3", "starting", "running", labels={"renku.io/userId": ""}),
+            audit_line("2023-05-02T08:07:00+00:00", "s4", "starting", "running", labels={"custom/user": "kc-d"}),
+            audit_line("2023-05-02T08:08:00+00:00", "s5", None, "starting"),  # not a start: not counted either
+        ],
+    )
     default = make_source(s3_endpoint, s3_bucket).extract(WINDOW)
     assert set(starts(default)) == {pseudonymize_user("kc-a")}
     assert default.stats["lines_without_user"] == 3
@@ -248,18 +296,25 @@ def test_starts_without_user_label_are_counted_not_hidden(s3_endpoint, s3_bucket
 
 def test_malformed_lines_are_rejected_with_their_location_only(s3_endpoint, s3_bucket):
     key = object_key("audit/", at(DAY, "00:00:00"))
-    put(s3_endpoint, s3_bucket, key, [
-        audit_line("2023-05-02T08:00:00+00:00", "s1", "starting", "running", user="kc-a"),  # 1
-        '{"time": "2023-05-02T08:01:00+00:00", "message": {"uid": "s2", "status": "runn',  # 2: cut off
-        "[1, 2, 3]",  # 3
-        json.dumps({"time": "soon", "message": {"uid": "s3", "additional_labels": {"renku.io/userId": "kc-secret"}}}),  # 4
-        json.dumps({"time": "2023-05-02T08:02:00+00:00", "message": "kc-secret started"}),  # 5
-        b'{"time": "2023-05-02T08:03:00+00:00", "message": {"uid": "\xff\xfe"}}',  # 6: not UTF-8
-        "",  # blank lines are not records
-        json.dumps({"time": "2023-05-01T08:02:00+00:00", "message": "other day"}),  # 8: another window's
-        audit_line("2023-05-02T09:00:00+00:00", "s4", "starting", "running", user="kc-b"),  # 9
-        json.dumps({"time": "2023-05-02T09:30:00", "message": {}}),  # 10: no UTC offset
-    ])
+    put(
+        s3_endpoint,
+        s3_bucket,
+        key,
+        [
+            audit_line("2023-05-02T08:00:00+00:00", "s1", "starting", "running", user="kc-a"),  # 1
+            '{"time": "2023-05-02T08:01:00+00:00", "message": {"uid": "s2", "status": "runn',  # 2: cut off
+            "[1, 2, 3]",  # 3
+            json.dumps(
+                {"time": "soon", "message": {"uid": "s3", "additional_labels": {"renku.io/userId": "kc-secret"}}}
+            ),  # 4
+            json.dumps({"time": "2023-05-02T08:02:00+00:00", "message": "kc-secret started"}),  # 5
+            b'{"time": "2023-05-02T08:03:00+00:00", "message": {"uid": "\xff\xfe"}}',  # 6: not UTF-8
+            "",  # blank lines are not records
+            json.dumps({"time": "2023-05-01T08:02:00+00:00", "message": "other day"}),  # 8: another window's
+            audit_line("2023-05-02T09:00:00+00:00", "s4", "starting", "running", user="kc-b"),  # 9
+            json.dumps({"time": "2023-05-02T09:30:00", "message": {}}),  # 10: no UTC offset
+        ],
+    )
     result = make_source(s3_endpoint, s3_bucket).extract(WINDOW)
 
     assert set(starts(result)) == {pseudonymize_user("kc-a"), pseudonymize_user("kc-b")}
@@ -276,9 +331,14 @@ def test_malformed_lines_are_rejected_with_their_location_only(s3_endpoint, s3_b
 def test_window_not_yet_uploaded_is_reported_incomplete(s3_endpoint, s3_bucket):
     """Amalthea uploads a file at rotation: today's later lines are not in the bucket yet."""
     today = dt.datetime.now(UTC).date()
-    put(s3_endpoint, s3_bucket, object_key("audit/", at(today - dt.timedelta(days=1), "09:30:00")), [
-        audit_line(f"{today.isoformat()}T00:10:00+00:00", "s1", "starting", "running", user="kc-a"),
-    ])
+    put(
+        s3_endpoint,
+        s3_bucket,
+        object_key("audit/", at(today - dt.timedelta(days=1), "09:30:00")),
+        [
+            audit_line(f"{today.isoformat()}T00:10:00+00:00", "s1", "starting", "running", user="kc-a"),
+        ],
+    )
     result = make_source(s3_endpoint, s3_bucket).extract(TimeWindow.for_day(today))
     assert set(starts(result)) == {pseudonymize_user("kc-a")}
     assert not result.complete
@@ -289,9 +349,14 @@ def test_window_not_yet_uploaded_is_reported_incomplete(s3_endpoint, s3_bucket):
 
 
 def test_prefix_without_trailing_slash_finds_nothing_and_says_why(s3_endpoint, s3_bucket):
-    put(s3_endpoint, s3_bucket, object_key("audit/", at(DAY, "00:00:00")), [
-        audit_line("2023-05-02T08:00:00+00:00", "s1", "starting", "running", user="kc-a"),
-    ])
+    put(
+        s3_endpoint,
+        s3_bucket,
+        object_key("audit/", at(DAY, "00:00:00")),
+        [
+            audit_line("2023-05-02T08:00:00+00:00", "s1", "starting", "running", user="kc-a"),
+        ],
+    )
     result = make_source(s3_endpoint, s3_bucket, prefix="audit").extract(WINDOW)
     assert result.events == []
     assert not result.complete
@@ -302,9 +367,14 @@ def test_default_credential_chain_when_no_key_variables_are_set(s3_endpoint, s3_
     """Without *_env settings boto3's chain is used (here: AWS_* variables set by the fixture)."""
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    put(s3_endpoint, s3_bucket, object_key("audit/", at(DAY, "00:00:00")), [
-        audit_line("2023-05-02T08:00:00+00:00", "s1", "starting", "running", user="kc-a"),
-    ])
+    put(
+        s3_endpoint,
+        s3_bucket,
+        object_key("audit/", at(DAY, "00:00:00")),
+        [
+            audit_line("2023-05-02T08:00:00+00:00", "s1", "starting", "running", user="kc-a"),
+        ],
+    )
     source = make_source(s3_endpoint, s3_bucket, env={}, access_key_id_env=None, secret_access_key_env=None)
     assert set(starts(source.extract(WINDOW))) == {pseudonymize_user("kc-a")}
 
@@ -367,9 +437,14 @@ def iam_user_with_policy(endpoint: str, bucket: str, actions: list[str]) -> dict
 
 def test_credentials_are_checked_and_read_only_access_suffices(s3_endpoint, s3_bucket):
     key = object_key("audit/", at(DAY, "00:00:00"))
-    put(s3_endpoint, s3_bucket, key, [
-        audit_line("2023-05-02T08:00:00+00:00", "s1", "starting", "running", user="kc-a"),
-    ])
+    put(
+        s3_endpoint,
+        s3_bucket,
+        key,
+        [
+            audit_line("2023-05-02T08:00:00+00:00", "s1", "starting", "running", user="kc-a"),
+        ],
+    )
     reader = iam_user_with_policy(s3_endpoint, s3_bucket, ["s3:ListBucket", "s3:GetObject"])
     lister = iam_user_with_policy(s3_endpoint, s3_bucket, ["s3:ListBucket"])
     wrong_secret = dict(reader, AUDIT_S3_SECRET=SECRET)

@@ -10,11 +10,12 @@ import psycopg2
 import psycopg2.errors
 import pytest
 
-from renku_metrics.config import parse_config
-from renku_metrics.events import TimeWindow, events_frame, pseudonymize_user, validate_events
-from renku_metrics.sources import source_module
-from renku_metrics.sources.base import ConfigError, SourceError
-from renku_metrics.sources.data_services import Settings, Source
+from renku_metrics.core.config import parse_config
+from renku_metrics.core.errors import ConfigError
+from renku_metrics.core.events import TimeWindow, events_frame, pseudonymize_user, validate_events
+from renku_metrics.core.sources import source_module
+from renku_metrics.core.sources.base import SourceError
+from renku_metrics.core.sources.data_services import Settings, Source
 
 from .conftest import free_port
 
@@ -142,9 +143,7 @@ def make_source(params, **overrides) -> Source:
 
 
 def starts(result) -> set[tuple]:
-    return {
-        (e["user_id"], e["occurred_at"], e["project_id"]) for e in result.events if e["action"] == "start_session"
-    }
+    return {(e["user_id"], e["occurred_at"], e["project_id"]) for e in result.events if e["action"] == "start_session"}
 
 
 # -- session starts ----------------------------------------------------------------
@@ -282,7 +281,9 @@ def test_data_connectors_become_create_dataset_and_other_events_are_counted(db):
     assert result.complete, result.coverage_note
 
     following = make_source(db).extract(NEXT_WINDOW)
-    assert {(e["user_id"], e["occurred_at"]) for e in following.events} == {(pseudonymize_user("kc-z"), at(D2, "00:00:00"))}
+    assert {(e["user_id"], e["occurred_at"]) for e in following.events} == {
+        (pseudonymize_user("kc-z"), at(D2, "00:00:00"))
+    }
 
 
 def test_drained_metrics_table_is_reported(db):
@@ -332,7 +333,7 @@ def reader_role(db):
     execute(db, f"CREATE ROLE {nobody} LOGIN PASSWORD %s", (PASSWORD_MARKER,))
     execute(
         db,
-        f"""GRANT CONNECT ON DATABASE "{db['dbname']}" TO {reader};
+        f"""GRANT CONNECT ON DATABASE "{db["dbname"]}" TO {reader};
             GRANT USAGE ON SCHEMA resource_pools, metrics TO {reader};
             GRANT SELECT ON resource_pools.resource_requests_log, metrics.metrics TO {reader};""",
     )

@@ -2,8 +2,8 @@ import datetime as dt
 
 import pandas as pd
 
-from renku_metrics.events import ACTIONS, TimeWindow, pseudonymize_user, validate_events
-from renku_metrics.sources.demo import DEMO_BOT_KEYCLOAK_ID, Settings, Source, season_factor
+from renku_metrics.core.events import ACTIONS, TimeWindow, pseudonymize_user, validate_events
+from renku_metrics.core.sources.demo import DEMO_BOT_KEYCLOAK_ID, Settings, Source, season_factor
 
 
 def year(settings=Settings()):
@@ -53,7 +53,9 @@ def test_a_year_is_valid_and_looks_like_a_platform():
 
 
 def test_semester_rhythm():
-    assert season_factor(dt.date(2025, 3, 12)) > season_factor(dt.date(2025, 7, 16)) > season_factor(dt.date(2025, 12, 31))
+    assert (
+        season_factor(dt.date(2025, 3, 12)) > season_factor(dt.date(2025, 7, 16)) > season_factor(dt.date(2025, 12, 31))
+    )
     assert season_factor(dt.date(2025, 3, 15)) < season_factor(dt.date(2025, 3, 12))  # Saturday
 
 

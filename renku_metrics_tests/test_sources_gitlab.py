@@ -11,10 +11,11 @@ from collections import Counter
 
 import pytest
 
-from renku_metrics.events import EVENT_COLUMNS, TimeWindow, events_frame, validate_events
-from renku_metrics.sources import source_module
-from renku_metrics.sources.base import ConfigError, SourceError
-from renku_metrics.sources.gitlab import CREATE_DATASET, RUN_WORKFLOW, Settings, Source, classify_commit_message
+from renku_metrics.core.errors import ConfigError
+from renku_metrics.core.events import EVENT_COLUMNS, TimeWindow, events_frame, validate_events
+from renku_metrics.core.sources import source_module
+from renku_metrics.core.sources.base import SourceError
+from renku_metrics.core.sources.gitlab import CREATE_DATASET, RUN_WORKFLOW, Settings, Source, classify_commit_message
 from renku_metrics_tests.simulators import parse_iso
 from renku_metrics_tests.simulators.gitlab_sim import GitLabSimulator
 
@@ -132,7 +133,9 @@ def test_settings_keys_and_defaults():
     with pytest.raises(ConfigError, match=r"page_size"):
         Settings.from_mapping({"url": "https://g", "token_env": "GL", "page_size": 500}, "sources.gitlab")
     with pytest.raises(ConfigError, match=r"renku_domain"):
-        Settings.from_mapping({"url": "https://g", "token_env": "GL", "renku_domain": "https://renkulab.io/"}, "sources.gitlab")
+        Settings.from_mapping(
+            {"url": "https://g", "token_env": "GL", "renku_domain": "https://renkulab.io/"}, "sources.gitlab"
+        )
     with pytest.raises(ConfigError, match="TEST_NOT_SET is not set"):
         Source("d", Settings(url="https://g", token_env="TEST_NOT_SET"), {})
 
@@ -158,7 +161,9 @@ def test_commits_and_renku_actions_of_a_push(gitlab):
     assert result.complete and result.stats["commits"] == 3 and result.stats["unmapped_authors"] == 0
     # Several commits: read exactly the pushed range.
     (commits_request,) = gitlab.requests_to("/repository/commits")
-    assert commits_request.query["ref_name"] == [f"{push['push_data']['commit_from']}..{push['push_data']['commit_to']}"]
+    assert commits_request.query["ref_name"] == [
+        f"{push['push_data']['commit_from']}..{push['push_data']['commit_to']}"
+    ]
     valid, rejected = validate_events(events_frame(result.events), WINDOW, "testdep")
     assert len(valid) == 5 and rejected == []
 
@@ -417,9 +422,16 @@ def test_windows_beyond_gitlab_event_retention_are_incomplete(gitlab):
 def test_no_personal_data_in_events_rejects_or_stats(gitlab):
     gitlab.add_project(10, path="alice/private-thesis")
     gitlab.push(10, ALICE, at(1), ["one", "two"])
-    gitlab.add_raw_event({"project_id": 10, "action_name": "pushed to", "created_at": "2024-05-14T05:00:00.000Z",
-                          "author": {"name": "Evelyn Exampleton", "username": "evelyn_x"}, "author_username": "evelyn_x",
-                          "push_data": {"commit_count": 1, "commit_title": "secret title"}})
+    gitlab.add_raw_event(
+        {
+            "project_id": 10,
+            "action_name": "pushed to",
+            "created_at": "2024-05-14T05:00:00.000Z",
+            "author": {"name": "Evelyn Exampleton", "username": "evelyn_x"},
+            "author_username": "evelyn_x",
+            "push_data": {"commit_count": 1, "commit_title": "secret title"},
+        }
+    )
 
     result = make_source(gitlab).extract(WINDOW)
 

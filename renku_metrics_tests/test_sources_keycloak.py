@@ -10,10 +10,11 @@ import logging
 
 import pytest
 
-from renku_metrics.events import EVENT_COLUMNS, TimeWindow, events_frame, validate_events
-from renku_metrics.sources import source_module
-from renku_metrics.sources.base import ConfigError, SourceError
-from renku_metrics.sources.keycloak import Settings, Source
+from renku_metrics.core.errors import ConfigError
+from renku_metrics.core.events import EVENT_COLUMNS, TimeWindow, events_frame, validate_events
+from renku_metrics.core.sources import source_module
+from renku_metrics.core.sources.base import SourceError
+from renku_metrics.core.sources.keycloak import Settings, Source
 from renku_metrics_tests.simulators.keycloak_sim import KeycloakSimulator
 
 UTC = dt.timezone.utc
@@ -65,11 +66,19 @@ def test_settings_keys_and_defaults():
     assert settings.page_size == 100 and settings.date_margin_days == 1
     assert settings.secret_env_vars() == {"client_secret_env": "KC"}
     with pytest.raises(ConfigError, match=r"sources.keycloak: unknown key 'secret'"):
-        Settings.from_mapping({"url": "https://k", "realm": "R", "client_id": "c", "client_secret_env": "K", "secret": "x"}, "sources.keycloak")
+        Settings.from_mapping(
+            {"url": "https://k", "realm": "R", "client_id": "c", "client_secret_env": "K", "secret": "x"},
+            "sources.keycloak",
+        )
     with pytest.raises(ConfigError, match=r"sources.keycloak.page_size"):
-        Settings.from_mapping({"url": "https://k", "realm": "R", "client_id": "c", "client_secret_env": "K", "page_size": 0}, "sources.keycloak")
+        Settings.from_mapping(
+            {"url": "https://k", "realm": "R", "client_id": "c", "client_secret_env": "K", "page_size": 0},
+            "sources.keycloak",
+        )
     with pytest.raises(ConfigError, match=r"sources.keycloak.url"):
-        Settings.from_mapping({"url": "renkulab.io", "realm": "R", "client_id": "c", "client_secret_env": "K"}, "sources.keycloak")
+        Settings.from_mapping(
+            {"url": "renkulab.io", "realm": "R", "client_id": "c", "client_secret_env": "K"}, "sources.keycloak"
+        )
 
 
 def test_missing_secret_variable_is_a_config_error(keycloak):
@@ -197,7 +206,9 @@ def test_token_renewed_before_expires_in_runs_out(keycloak):
 
 
 def test_wrong_client_secret_fails_without_leaking_it(keycloak, caplog):
-    settings = Settings(url=keycloak.base_url, realm="Renku", client_id=keycloak.client_id, client_secret_env=SECRET_ENV)
+    settings = Settings(
+        url=keycloak.base_url, realm="Renku", client_id=keycloak.client_id, client_secret_env=SECRET_ENV
+    )
     wrong = "definitely-wrong-secret-42"
     with caplog.at_level(logging.DEBUG):
         with pytest.raises(SourceError) as info:
@@ -244,7 +255,9 @@ def test_auth_path_prefix_and_wrong_realm():
         sim.add_login(START - dt.timedelta(hours=1), "u-old")
         sim.add_login(START + dt.timedelta(hours=1), "u1")
         assert len(make_source(sim).extract(WINDOW).events) == 1
-        with pytest.raises(SourceError, match=r"POST /auth/realms/renku/protocol/openid-connect/token failed: HTTP 404"):
+        with pytest.raises(
+            SourceError, match=r"POST /auth/realms/renku/protocol/openid-connect/token failed: HTTP 404"
+        ):
             make_source(sim, realm="renku").extract(WINDOW)
 
 

@@ -9,7 +9,7 @@ import boto3
 import pyarrow as pa
 import pytest
 
-from renku_metrics.storage import LocalStorage, StorageError, open_storage
+from renku_metrics.core.storage import LocalStorage, StorageError, open_storage
 
 
 @pytest.fixture(params=["local", "s3"])
@@ -45,7 +45,9 @@ def test_roundtrip_list_replace_delete(storage):
 def test_s3_layout_is_under_prefix(s3_endpoint, s3_bucket):
     storage = open_storage(f"s3://{s3_bucket}/team/metrics", endpoint_url=s3_endpoint)
     storage.write_bytes("raw_events/x.parquet", b"data")
-    keys = [o["Key"] for o in boto3.client("s3", endpoint_url=s3_endpoint).list_objects_v2(Bucket=s3_bucket)["Contents"]]
+    keys = [
+        o["Key"] for o in boto3.client("s3", endpoint_url=s3_endpoint).list_objects_v2(Bucket=s3_bucket)["Contents"]
+    ]
     assert keys == ["team/metrics/raw_events/x.parquet"]
     assert storage.uri("raw_events/x.parquet") == f"s3://{s3_bucket}/team/metrics/raw_events/x.parquet"
 
@@ -71,7 +73,7 @@ def test_process_killed_mid_write_leaves_old_object_intact(tmp_path):
     script = textwrap.dedent(
         f"""
         import os, time
-        from renku_metrics import storage as s
+        from renku_metrics.core import storage as s
         real_fdopen = os.fdopen
         class Slow:
             def __init__(self, f): self.f = f

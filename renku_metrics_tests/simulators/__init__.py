@@ -54,7 +54,7 @@ class Response:
     headers: dict[str, str] = field(default_factory=dict)
 
     @classmethod
-    def json(cls, payload: Any, status: int = 200, headers: dict[str, str] | None = None) -> "Response":
+    def json(cls, payload: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
         out = {"Content-Type": "application/json"}
         out.update(headers or {})
         return cls(status, json.dumps(payload).encode("utf-8"), out)

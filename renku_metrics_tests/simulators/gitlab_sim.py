@@ -36,8 +36,9 @@ import hashlib
 import itertools
 import math
 import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any
 from urllib.parse import urlencode
 
 from renku_metrics_tests.simulators import UTC, Request, Response, SimulatorServer, iso_ms_z, parse_iso
@@ -71,7 +72,9 @@ class Repository:
 
 
 class GitLabSimulator(SimulatorServer):
-    def __init__(self, token: str = "glpat-simulated-admin-token-0001", now: Callable[[], dt.datetime] | None = None) -> None:
+    def __init__(
+        self, token: str = "glpat-simulated-admin-token-0001", now: Callable[[], dt.datetime] | None = None
+    ) -> None:
         super().__init__()
         self.token = token
         self.now = now or (lambda: dt.datetime.now(UTC))
@@ -152,7 +155,9 @@ class GitLabSimulator(SimulatorServer):
         head = parent if parent is not None else repo.branches.get(branch)
         shas = []
         for index, spec in enumerate(commits):
-            message, committed = (spec, at - dt.timedelta(minutes=len(commits) - index)) if isinstance(spec, str) else spec
+            message, committed = (
+                (spec, at - dt.timedelta(minutes=len(commits) - index)) if isinstance(spec, str) else spec
+            )
             sha = self._new_sha(project_id, message)
             title = message.splitlines()[0] if message else ""
             stamp = committed.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.000+00:00")
@@ -179,7 +184,9 @@ class GitLabSimulator(SimulatorServer):
             repo.branches[branch] = head
         return shas
 
-    def _event(self, project_id: int, author_id: int, at: dt.datetime, action_name: str, push_data: dict[str, Any]) -> dict[str, Any]:
+    def _event(
+        self, project_id: int, author_id: int, at: dt.datetime, action_name: str, push_data: dict[str, Any]
+    ) -> dict[str, Any]:
         author = self.users.get(author_id, {"username": f"user{author_id}", "name": f"User {author_id}"})
         event = {
             "id": next(self._event_ids),
@@ -224,7 +231,10 @@ class GitLabSimulator(SimulatorServer):
         shas = self.add_commits(project_id, branch, commits, at, parent=parent)
         if is_new and parent is not None and base is not None:
             # GitLab counts a new branch's commits against the default branch.
-            count = len(repo.ancestors(shas[-1]) - repo.ancestors(repo.branches.get(self.projects[project_id]["default_branch"])))
+            count = len(
+                repo.ancestors(shas[-1])
+                - repo.ancestors(repo.branches.get(self.projects[project_id]["default_branch"]))
+            )
         else:
             count = len(shas)
         title = repo.commits[shas[-1]]["title"] if shas else None
@@ -381,7 +391,11 @@ class GitLabSimulator(SimulatorServer):
         after, before = request.arg("after"), request.arg("before")
         if after:
             day = dt.date.fromisoformat(after)
-            end_of_day = dt.datetime(day.year, day.month, day.day, tzinfo=UTC) + dt.timedelta(days=1) - dt.timedelta(microseconds=1)
+            end_of_day = (
+                dt.datetime(day.year, day.month, day.day, tzinfo=UTC)
+                + dt.timedelta(days=1)
+                - dt.timedelta(microseconds=1)
+            )
             selected = [e for e in selected if _created(e) > end_of_day]
         if before:
             day = dt.date.fromisoformat(before)

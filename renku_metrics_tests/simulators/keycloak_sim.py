@@ -31,7 +31,8 @@ import re
 import secrets
 import time
 import uuid
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 from urllib.parse import unquote
 
 from renku_metrics_tests.simulators import UTC, Request, Response, SimulatorServer
@@ -217,12 +218,16 @@ class KeycloakSimulator(SimulatorServer):
         if date_from is not None:
             start = self._date_ms(date_from)
             if start is None:
-                return Response.json({"error": "Invalid value for 'Date(From)', expected format is yyyy-MM-dd"}, status=400)
+                return Response.json(
+                    {"error": "Invalid value for 'Date(From)', expected format is yyyy-MM-dd"}, status=400
+                )
             selected = [e for e in selected if e["_time"] >= start]
         if date_to is not None:
             end = self._date_ms(date_to)
             if end is None:
-                return Response.json({"error": "Invalid value for 'Date(To)', expected format is yyyy-MM-dd"}, status=400)
+                return Response.json(
+                    {"error": "Invalid value for 'Date(To)', expected format is yyyy-MM-dd"}, status=400
+                )
             selected = [e for e in selected if e["_time"] <= end]
         selected = sorted(selected, key=lambda e: (e["_time"], e["_seq"]), reverse=True)
         first = int(request.arg("first") or 0)

@@ -1,0 +1,533 @@
+"""Engagement views beyond counts: lifecycle, stickiness and new-user retention.
+
+Plain functions over the stored daily Parquet files, computed in DuckDB. No
+Dagster in here. Precise definitions, edge semantics and what the views cannot
+see are in docs/engagement.md; in short, per deployment (and the ``all`` rollup,
+with the same identity rule as ``renku_metrics.core.aggregate``):
+
+* **active** in a span: at least one event of any action in it, after the
+  deployment's ``excluded_users`` (exactly as in ``aggregate.py``);
+* **first seen**: the UTC day of a user's first event in the deployment's
+  *extracted history*, i.e. the stored days from its ``start_date`` on. Activity
+  before ``start_date``, and on days that were not extracted or whose sources
+  could not read everything, is invisible;
+* ``lifecycle``: each period's active users split into new (first seen in the
+  period), returning (also active in the previous period) and resurrected
+  (not active in the previous period, first seen before it), plus dormant
+  (active in the previous period, not in this one);
+* ``stickiness``: per calendar month, the mean weekly active users over the ISO
+  weeks lying entirely inside the month, divided by the month's active users
+  (``wau_mau``); also the mean daily active users over the month's days divided
+  by the month's active users (``dau_mau``);
+* ``retention``: of the users first seen in ISO week W (the cohort), how many
+  were active in each of the weeks W+1 .. W+8.
+
+Cost
+----
+``stickiness`` reads exactly the month's daily files. ``lifecycle`` and
+``retention`` must know whether a user was ever active before, so they read
+*every* extracted day of the deployment from its ``start_date`` up to the end of
+the latest requested period (retention: up to the end of W+8, at most today):
+only the ``user_id`` and ``occurred_at`` columns of each file, reduced at once to
+distinct (user, day) pairs. One call handles any number of periods with a single
+scan, so a backfill costs one scan, not one per period. Each scan therefore grows
+linearly with the length of history (number of days times events per day, two
+columns); memory grows with the number of distinct (user, day) pairs, not with
+events. Every manifest of the history is read as well (one small object per day).
+On S3 the whole day objects are downloaded (``Storage.local_paths``), so the bytes
+transferred per run are the full raw history; with years of history and many
+users, a stored per-user first-seen table would be the next step.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable, Sequence
+
+import duckdb
+import pandas as pd
+
+from renku_metrics.core.config import Deployment
+from renku_metrics.core.coverage import HISTORY_WARMUP_WEEKS, DeploymentDays, HistoryStatus
+from renku_metrics.core.events import ALL_DEPLOYMENTS, ROLLUP_USER_SQL
+from renku_metrics.core.periods import Period, days_between, full_weeks_in_month, period_bounds, previous_period_start
+from renku_metrics.core.storage import Storage
+
+# How much gap-free extracted history must precede a period (or cohort week) for
+# its "new" users to be trusted as first-ever (see HistoryStatus).
+# Retention is followed for this many weeks after the cohort week.
+RETENTION_WEEKS = 8
+
+LIFECYCLE_COUNTS = (
+    "active_users",
+    "new_users",
+    "returning_users",
+    "resurrected_users",
+    "dormant_users",
+    "previous_active_users",
+)
+
+
+def _as_list(starts: dt.date | Iterable[dt.date]) -> list[dt.date]:
+    if isinstance(starts, dt.date):
+        return [starts]
+    out = sorted(set(starts))
+    if not out:
+        raise ValueError("no period start given")
+    return out
+
+
+def _today(now: dt.datetime) -> dt.date:
+    if now.tzinfo is None:
+        raise ValueError("now must be timezone-aware")
+    return now.astimezone(dt.timezone.utc).date()
+
+
+# --------------------------------------------------------------------------- coverage
+
+
+def _day_index(storage: Storage, deployments: Sequence[Deployment], until: dt.date) -> dict[str, DeploymentDays]:
+    return {d.name: DeploymentDays.load(storage, d, until) for d in deployments}
+
+
+def _combine(parts: dict[str, tuple[bool, str]]) -> tuple[bool, str]:
+    """(complete, note) of the ``all`` rollup from its deployments' (complete, note)."""
+    complete = bool(parts) and all(c for c, _ in parts.values())
+    note = "; ".join(f"{name}: {n}" for name, (_, n) in parts.items() if n)
+    return complete, note
+
+
+# --------------------------------------------------------------------------- DuckDB
+
+
+_INSERT_USER_DAYS = """
+INSERT INTO activity
+SELECT DISTINCT $deployment, e.user_id, CAST(e.occurred_at AS DATE)
+FROM read_parquet($paths) e
+WHERE e.user_id NOT IN (SELECT x.user_id FROM excluded x WHERE x.deployment = $deployment)
+"""
+
+# GitLab-only ids are per GitLab instance: kept apart across deployments (as in aggregate.py).
+_INSERT_ALL = """
+INSERT INTO activity
+SELECT DISTINCT $all_name, {rollup_user}, day
+FROM activity
+""".replace("{rollup_user}", ROLLUP_USER_SQL)
+
+
+def _connect() -> duckdb.DuckDBPyConnection:
+    con = duckdb.connect()
+    # Casting a TIMESTAMPTZ to DATE uses the session time zone: make it UTC.
+    con.execute("SET TimeZone = 'UTC'")
+    con.execute("CREATE TEMP TABLE activity (deployment VARCHAR, user_id VARCHAR, day DATE)")
+    return con
+
+
+def _load_activity(
+    con: duckdb.DuckDBPyConnection,
+    storage: Storage,
+    index: dict[str, DeploymentDays],
+    spans: Sequence[tuple[dt.date | None, dt.date]],
+) -> None:
+    """Fill ``activity`` with distinct (deployment, user, UTC day) of the day spans [start, end).
+
+    A ``None`` start means the deployment's start_date. Only ``user_id`` and
+    ``occurred_at`` are read from the files; excluded users are left out here,
+    then every row is repeated under the ``all`` rollup.
+    """
+    excluded = [(name, key) for name, days in index.items() for key in days.deployment.excluded_user_keys()]
+    con.register("excluded", pd.DataFrame(excluded, columns=["deployment", "user_id"], dtype="object"))
+    for name, days in index.items():
+        keys = sorted({k for start, end in spans for k in days.event_keys(start or days.deployment.start_date, end)})
+        if not keys:
+            continue
+        with storage.local_paths(keys) as paths:
+            con.execute(_INSERT_USER_DAYS, {"deployment": name, "paths": paths})
+    con.execute(_INSERT_ALL, {"all_name": ALL_DEPLOYMENTS})
+
+
+def _measured(deployments: Sequence[Deployment], end: dt.date) -> list[Deployment]:
+    """Deployments whose history has begun before ``end`` (the others get no row, as in aggregate.py)."""
+    return [d for d in deployments if d.start_date < end]
+
+
+def _finish(frame: pd.DataFrame, now: dt.datetime, date_columns: Sequence[str]) -> pd.DataFrame:
+    for col in date_columns:
+        frame[col] = pd.to_datetime(frame[col]).dt.date
+    frame["computed_at"] = pd.Timestamp(now).tz_convert("UTC")
+    return frame.reset_index(drop=True)
+
+
+# --------------------------------------------------------------------------- lifecycle
+
+
+_LIFECYCLE_SQL = """
+WITH up AS (
+    SELECT DISTINCT deployment, user_id, CAST(date_trunc($unit, day) AS DATE) AS p FROM activity
+),
+first_seen AS (
+    SELECT deployment, user_id, min(p) AS first_p FROM up GROUP BY deployment, user_id
+),
+cur AS (
+    SELECT t.period_start, up.deployment, up.user_id FROM targets t JOIN up ON up.p = t.period_start
+),
+prev AS (
+    SELECT t.period_start, up.deployment, up.user_id FROM targets t JOIN up ON up.p = t.previous_period_start
+),
+both_periods AS (
+    SELECT coalesce(c.period_start, v.period_start) AS period_start,
+           coalesce(c.deployment, v.deployment) AS deployment,
+           coalesce(c.user_id, v.user_id) AS user_id,
+           c.user_id IS NOT NULL AS is_cur,
+           v.user_id IS NOT NULL AS is_prev
+    FROM cur c FULL OUTER JOIN prev v
+      ON c.period_start = v.period_start AND c.deployment = v.deployment AND c.user_id = v.user_id
+)
+SELECT b.period_start, b.deployment,
+       count(*) FILTER (WHERE b.is_cur) AS active_users,
+       count(*) FILTER (WHERE b.is_cur AND f.first_p = b.period_start) AS new_users,
+       count(*) FILTER (WHERE b.is_cur AND b.is_prev) AS returning_users,
+       count(*) FILTER (WHERE b.is_cur AND NOT b.is_prev AND f.first_p < b.period_start) AS resurrected_users,
+       count(*) FILTER (WHERE b.is_prev AND NOT b.is_cur) AS dormant_users,
+       count(*) FILTER (WHERE b.is_prev) AS previous_active_users
+FROM both_periods b JOIN first_seen f ON f.deployment = b.deployment AND f.user_id = b.user_id
+GROUP BY b.period_start, b.deployment
+"""
+
+
+def _history_fields(name: str, history: dict, parts: dict, all_complete: bool, all_note: str) -> dict:
+    """history_weeks, history_complete, complete and coverage_note of one row (``all`` combines them)."""
+    if name == ALL_DEPLOYMENTS:
+        return {
+            "history_weeks": min((h.weeks for h in history.values()), default=0),
+            "history_complete": bool(history) and all(h.complete for h in history.values()),
+            "complete": all_complete,
+            "coverage_note": all_note,
+        }
+    complete, note = parts[name]
+    return {
+        "history_weeks": history[name].weeks,
+        "history_complete": history[name].complete,
+        "complete": complete,
+        "coverage_note": note,
+    }
+
+
+def lifecycle(
+    storage: Storage,
+    deployments: Sequence[Deployment],
+    period: Period,
+    start: dt.date | Iterable[dt.date],
+    now: dt.datetime,
+    warmup_weeks: int = HISTORY_WARMUP_WEEKS,
+) -> pd.DataFrame:
+    """Lifecycle of the active users of each deployment (and ``all``) in one or more periods.
+
+    ``start``: the period start (a Monday for weeks, a 1st for months) or several;
+    all are computed from one scan of the history. One row per period and
+    measured deployment, plus ``all``. Columns: deployment, period, period_start,
+    period_end, previous_period_start, active_users, new_users, returning_users,
+    resurrected_users, dormant_users, previous_active_users, quick_ratio,
+    history_weeks, history_complete, complete, coverage_note, computed_at.
+
+    ``complete`` is true only when this period and the previous one have ended and
+    were extracted in full, and the history before the period is complete
+    (``history_complete``, see ``HistoryStatus``).
+    """
+    starts = _as_list(start)
+    today = _today(now)
+    bounds = {s: period_bounds(period, s) for s in starts}
+    prevs = {s: previous_period_start(period, s) for s in starts}
+    last_end = max(e for _, e in bounds.values())
+    measured_all = _measured(deployments, last_end)
+    index = _day_index(storage, measured_all, min(last_end, today))
+
+    con = _connect()
+    try:
+        _load_activity(con, storage, index, [(None, min(last_end, today))])
+        con.register(
+            "targets",
+            pd.DataFrame({"period_start": starts, "previous_period_start": [prevs[s] for s in starts]}),
+        )
+        counts = con.execute(_LIFECYCLE_SQL, {"unit": period}).df()
+    finally:
+        con.close()
+
+    counts["period_start"] = pd.to_datetime(counts["period_start"]).dt.date
+    counts = counts.set_index(["period_start", "deployment"])
+    rows = []
+    for s in starts:
+        _, end = bounds[s]
+        prev = prevs[s]
+        ended = today >= end
+        parts: dict[str, tuple[bool, str]] = {}
+        history: dict[str, HistoryStatus] = {}
+        for d in _measured(deployments, end):
+            days = index[d.name]
+            cov = days.coverage(s, end, today)
+            prev_cov = days.coverage(prev, s, today)
+            hist = days.history(s, warmup_weeks)
+            history[d.name] = hist
+            notes = []
+            if cov.note(ended):
+                notes.append(cov.note(ended))
+            if d.start_date >= s:
+                notes.append(f"previous period {prev.isoformat()} is before the deployment's history")
+            elif prev_cov.note(True):
+                notes.append(f"previous period {prev.isoformat()}: {prev_cov.note(True)}")
+            notes.extend(hist.notes)
+            complete = cov.is_complete(ended) and prev_cov.is_complete(True) and hist.complete
+            parts[d.name] = (complete, "; ".join(notes))
+        names = list(parts)
+        all_complete, all_note = _combine(parts)
+        for name in [*names, ALL_DEPLOYMENTS]:
+            values = counts.loc[(s, name)] if (s, name) in counts.index else None
+            row = {
+                "deployment": name,
+                "period": period,
+                "period_start": s,
+                "period_end": end,
+                "previous_period_start": prev,
+            }
+            for col in LIFECYCLE_COUNTS:
+                row[col] = 0 if values is None else int(values[col])
+            row.update(_history_fields(name, history, parts, all_complete, all_note))
+            rows.append(row)
+    frame = pd.DataFrame(rows)
+    for col in (*LIFECYCLE_COUNTS, "history_weeks"):
+        frame[col] = frame[col].astype("int64")
+    gained = frame["new_users"] + frame["resurrected_users"]
+    frame.insert(
+        frame.columns.get_loc("previous_active_users") + 1,
+        "quick_ratio",
+        (gained / frame["dormant_users"].where(frame["dormant_users"] > 0)).round(3).astype("float64"),
+    )
+    for col in ("history_complete", "complete"):
+        frame[col] = frame[col].astype(bool)
+    return _finish(frame, now, ["period_start", "period_end", "previous_period_start"])
+
+
+# --------------------------------------------------------------------------- stickiness
+
+
+_STICKINESS_SQL = {
+    "month": "SELECT deployment, CAST(date_trunc('month', day) AS DATE) AS key, count(DISTINCT user_id) AS users "
+    "FROM activity GROUP BY ALL",
+    "week": "SELECT deployment, CAST(date_trunc('week', day) AS DATE) AS key, count(DISTINCT user_id) AS users "
+    "FROM activity GROUP BY ALL",
+    "day": "SELECT deployment, day AS key, count(DISTINCT user_id) AS users FROM activity GROUP BY ALL",
+}
+
+
+def stickiness(
+    storage: Storage,
+    deployments: Sequence[Deployment],
+    start: dt.date | Iterable[dt.date],
+    now: dt.datetime,
+) -> pd.DataFrame:
+    """Stickiness of each deployment (and ``all``) in one or more calendar months.
+
+    ``start``: the 1st of a month, or several. Reads exactly the months' days.
+
+    * ``monthly_active_users`` (MAU): distinct active users in the month;
+    * ``weeks``: the ISO weeks lying entirely inside the month (3 or 4), of which
+      those already ended are averaged into ``mean_weekly_active_users``;
+      ``wau_mau`` = that mean / MAU. Every such week's users are a subset of the
+      month's, so 0 <= wau_mau <= 1, and the value is final when the month ends;
+    * ``days``: the month's days already ended, whose distinct active users
+      (zero on days without activity) are averaged into
+      ``mean_daily_active_users``; ``dau_mau`` = that mean / MAU;
+    * ratios are null when MAU is 0 (or no week / day has ended yet).
+    """
+    starts = _as_list(start)
+    today = _today(now)
+    bounds = {s: period_bounds("month", s) for s in starts}
+    last_end = max(e for _, e in bounds.values())
+    measured_all = _measured(deployments, last_end)
+    index = _day_index(storage, measured_all, min(last_end, today))
+
+    con = _connect()
+    try:
+        # Only the requested months' days (not the gaps between them, nor days from today on) are read.
+        _load_activity(con, storage, index, [(s, min(bounds[s][1], today)) for s in starts])
+        counts = {}
+        for grain, sql in _STICKINESS_SQL.items():
+            got = con.execute(sql).df()
+            got["key"] = pd.to_datetime(got["key"]).dt.date
+            counts[grain] = {(r.deployment, r.key): int(r.users) for r in got.itertuples()}
+    finally:
+        con.close()
+
+    rows = []
+    for s in starts:
+        _, end = bounds[s]
+        ended = today >= end
+        weeks = [w for w in full_weeks_in_month(s) if w + dt.timedelta(days=7) <= today]
+        days = [d for d in days_between(s, end) if d < today]
+        parts = {}
+        for d in _measured(deployments, end):
+            cov = index[d.name].coverage(s, end, today)
+            parts[d.name] = (cov.is_complete(ended), cov.note(ended))
+        all_complete, all_note = _combine(parts)
+        for name in [*parts, ALL_DEPLOYMENTS]:
+            mau = counts["month"].get((name, s), 0)
+            wau = [counts["week"].get((name, w), 0) for w in weeks]
+            dau = [counts["day"].get((name, d), 0) for d in days]
+            mean_wau = sum(wau) / len(wau) if wau else None
+            mean_dau = sum(dau) / len(dau) if dau else None
+            complete, note = (all_complete, all_note) if name == ALL_DEPLOYMENTS else parts[name]
+            rows.append(
+                {
+                    "deployment": name,
+                    "period": "month",
+                    "period_start": s,
+                    "period_end": end,
+                    "monthly_active_users": mau,
+                    "weeks": len(wau),
+                    "mean_weekly_active_users": mean_wau,
+                    "wau_mau": mean_wau / mau if mau and mean_wau is not None else None,
+                    "days": len(dau),
+                    "mean_daily_active_users": mean_dau,
+                    "dau_mau": mean_dau / mau if mau and mean_dau is not None else None,
+                    "complete": complete,
+                    "coverage_note": note,
+                }
+            )
+    frame = pd.DataFrame(rows)
+    for col in ("monthly_active_users", "weeks", "days"):
+        frame[col] = frame[col].astype("int64")
+    for col, digits in (
+        ("mean_weekly_active_users", 2),
+        ("mean_daily_active_users", 2),
+        ("wau_mau", 4),
+        ("dau_mau", 4),
+    ):
+        frame[col] = pd.to_numeric(frame[col], errors="coerce").astype("float64").round(digits)
+    frame["complete"] = frame["complete"].astype(bool)
+    return _finish(frame, now, ["period_start", "period_end"])
+
+
+# --------------------------------------------------------------------------- retention
+
+
+_RETENTION_SQL = """
+WITH uw AS (
+    SELECT DISTINCT deployment, user_id, CAST(date_trunc('week', day) AS DATE) AS w FROM activity
+),
+first_seen AS (
+    SELECT deployment, user_id, min(w) AS first_w FROM uw GROUP BY deployment, user_id
+),
+cohort AS (
+    SELECT f.deployment, f.user_id, f.first_w FROM first_seen f JOIN targets t ON f.first_w = t.period_start
+)
+SELECT c.first_w AS period_start, c.deployment, 0 AS k, count(*) AS users
+FROM cohort c GROUP BY ALL
+UNION ALL
+SELECT c.first_w AS period_start, c.deployment, CAST((uw.w - c.first_w) // 7 AS INTEGER) AS k, count(*) AS users
+FROM cohort c JOIN uw ON uw.deployment = c.deployment AND uw.user_id = c.user_id
+WHERE uw.w > c.first_w AND uw.w <= c.first_w + $max_days
+GROUP BY ALL
+"""
+
+
+def retained_column(k: int) -> str:
+    return f"retained_w{k}"
+
+
+def retention_column(k: int) -> str:
+    return f"retention_w{k}"
+
+
+def retention(
+    storage: Storage,
+    deployments: Sequence[Deployment],
+    start: dt.date | Iterable[dt.date],
+    now: dt.datetime,
+    weeks: int = RETENTION_WEEKS,
+    warmup_weeks: int = HISTORY_WARMUP_WEEKS,
+) -> pd.DataFrame:
+    """Weekly retention of new users, one row per cohort week W (a Monday) and deployment, plus ``all``.
+
+    The cohort of W: users whose first seen day lies in W. ``retained_wK`` is
+    how many of them were active in week W+K, ``retention_wK`` = 100 *
+    retained_wK / cohort_users (K = 1..``weeks``); both are null while W+K has
+    not ended (and the percentage when the cohort is empty). ``weeks_observed``
+    counts the ended weeks W+1.. . ``complete`` is true only when W+``weeks`` has
+    ended, all of W..W+``weeks`` was extracted in full and ``history_complete``
+    holds for W (else the cohort may hold users who were active before
+    extraction began or in a gap, see ``HistoryStatus``).
+    Columns: deployment, period, period_start, period_end, cohort_users,
+    retained_w1.., retention_w1.., weeks_observed, observed_until, history_weeks,
+    history_complete, complete, coverage_note, computed_at.
+    """
+    starts = _as_list(start)
+    for s in starts:
+        period_bounds("week", s)
+    today = _today(now)
+    span = dt.timedelta(weeks=weeks + 1)
+    last_end = max(starts) + span
+    measured_all = _measured(deployments, max(starts) + dt.timedelta(days=7))
+    index = _day_index(storage, measured_all, min(last_end, today))
+
+    con = _connect()
+    try:
+        _load_activity(con, storage, index, [(None, min(last_end, today))])
+        con.register("targets", pd.DataFrame({"period_start": starts}))
+        got = con.execute(_RETENTION_SQL, {"max_days": 7 * weeks}).df()
+    finally:
+        con.close()
+    got["period_start"] = pd.to_datetime(got["period_start"]).dt.date
+    counts = {(r.period_start, r.deployment, int(r.k)): int(r.users) for r in got.itertuples()}
+
+    rows = []
+    for s in starts:
+        end = s + dt.timedelta(days=7)
+        observed_until = s + span
+        ended = today >= observed_until
+        observed = [k for k in range(1, weeks + 1) if today >= s + dt.timedelta(weeks=k + 1)]
+        parts, history = {}, {}
+        for d in _measured(deployments, end):
+            days = index[d.name]
+            # Coverage of the days observed so far (future days are not "missing").
+            seen_until = min(observed_until, today)
+            cov = days.coverage(s, seen_until, today) if seen_until > s else None
+            hist = days.history(s, warmup_weeks)
+            history[d.name] = hist
+            notes = []
+            if not ended:
+                notes.append(
+                    f"week W+{weeks} ends {observed_until.isoformat()}: {len(observed)} of {weeks} later weeks observed"
+                )
+            if cov is not None and cov.note(True):
+                notes.append(f"{s.isoformat()}..{(seen_until - dt.timedelta(days=1)).isoformat()}: {cov.note(True)}")
+            notes.extend(hist.notes)
+            covered = cov is not None and cov.is_complete(True)
+            parts[d.name] = (ended and covered and hist.complete, "; ".join(notes))
+        all_complete, all_note = _combine(parts)
+        for name in [*parts, ALL_DEPLOYMENTS]:
+            cohort = counts.get((s, name, 0), 0)
+            row = {
+                "deployment": name,
+                "period": "week",
+                "period_start": s,
+                "period_end": end,
+                "cohort_users": cohort,
+            }
+            for k in range(1, weeks + 1):
+                row[retained_column(k)] = counts.get((s, name, k), 0) if k in observed else None
+            for k in range(1, weeks + 1):
+                value = row[retained_column(k)]
+                row[retention_column(k)] = round(100.0 * value / cohort, 2) if value is not None and cohort else None
+            row["weeks_observed"] = len(observed)
+            row["observed_until"] = observed_until
+            row.update(_history_fields(name, history, parts, all_complete, all_note))
+            rows.append(row)
+    frame = pd.DataFrame(rows)
+    for col in ("cohort_users", "weeks_observed", "history_weeks"):
+        frame[col] = frame[col].astype("int64")
+    for k in range(1, weeks + 1):
+        frame[retained_column(k)] = frame[retained_column(k)].astype("Int64")
+        frame[retention_column(k)] = pd.to_numeric(frame[retention_column(k)], errors="coerce").astype("float64")
+    for col in ("history_complete", "complete"):
+        frame[col] = frame[col].astype(bool)
+    return _finish(frame, now, ["period_start", "period_end", "observed_until"])

@@ -1,0 +1,228 @@
+"""Extract one deployment-day: run its sources, validate, store. No Dagster in here.
+
+A day is written in three steps, each an atomic replace of one object: the
+events Parquet file, the rejected records (if any), and last the manifest. A
+source that fails raises before anything is written, so the day's previous
+data stays intact; a rerun replaces the day, never appends to it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import pandas as pd
+import pyarrow.parquet as pq
+
+from renku_metrics.core.config import Deployment
+from renku_metrics.core.errors import ConfigError
+from renku_metrics.core.events import ACTIONS, RejectedRecord, TimeWindow, events_frame, to_arrow, validate_events
+from renku_metrics.core.layout import raw_events_key, rejected_key
+from renku_metrics.core.manifest import Manifest
+from renku_metrics.core.sources import source_module
+from renku_metrics.core.sources.base import SourceError
+from renku_metrics.core.storage import Storage
+
+
+@dataclass
+class DayExtract:
+    deployment: str
+    day: dt.date
+    row_count: int
+    rejected_count: int
+    by_action: dict[str, int]
+    users: int
+    sources: dict[str, dict[str, Any]]
+    events_uri: str
+    rejected_uri: str | None = None
+    incomplete: list[str] = field(default_factory=list)
+    repeated_from_earlier_days: int = 0
+
+    @property
+    def complete(self) -> bool:
+        return not self.incomplete
+
+
+def _rejected_line(record: RejectedRecord) -> str:
+    return json.dumps(
+        {"source": record.source, "reason": record.reason, "record": record.record}, default=str, sort_keys=True
+    )
+
+
+DEDUP_LOOKBACK_DAYS = 90
+
+
+class RecentEventIds:
+    """Event ids stored for a deployment on the days before a given day (bounded lookback).
+
+    Keeps what it has read, so a run over many consecutive days reads each day once.
+    """
+
+    def __init__(self, storage: Storage, deployment: str, lookback_days: int = DEDUP_LOOKBACK_DAYS) -> None:
+        self.storage = storage
+        self.deployment = deployment
+        self.lookback_days = lookback_days
+        self._by_day: dict[dt.date, set[str]] = {}
+
+    def _load(self, day: dt.date) -> set[str]:
+        if day not in self._by_day:
+            key = raw_events_key(self.deployment, day)
+            ids: set[str] = set()
+            if self.storage.exists(key):
+                table = pq.read_table(io.BytesIO(self.storage.read_bytes(key)), columns=["event_id"])
+                ids = set(table.column("event_id").to_pylist())
+            self._by_day[day] = ids
+        return self._by_day[day]
+
+    def before(self, day: dt.date) -> set[str]:
+        ids: set[str] = set()
+        for back in range(1, self.lookback_days + 1):
+            ids |= self._load(day - dt.timedelta(days=back))
+        for old in [d for d in self._by_day if d < day - dt.timedelta(days=self.lookback_days + 1)]:
+            del self._by_day[old]
+        return ids
+
+    def add(self, day: dt.date, ids: set[str]) -> None:
+        self._by_day[day] = ids
+
+
+def build_sources(deployment: Deployment, env: Mapping[str, str]) -> dict[str, Any]:
+    """One source object per configured source type (secrets are read from ``env`` here)."""
+    built = {}
+    for source_type, settings in deployment.sources.items():
+        try:
+            built[source_type] = source_module(source_type).Source(deployment.name, settings, env)
+        except ConfigError as exc:
+            raise ConfigError(f"deployment {deployment.name!r}, source {source_type!r}: {exc}") from exc
+    return built
+
+
+def _previous_day(storage: Storage, deployment: str, day: dt.date) -> tuple[pd.DataFrame, Manifest] | None:
+    """The day's stored events and manifest, if it was extracted before."""
+    manifest = Manifest.read(storage, deployment, day)
+    if manifest is None:
+        return None
+    ekey = raw_events_key(deployment, day)
+    events = storage.read_parquet(ekey).to_pandas() if storage.exists(ekey) else events_frame([])
+    return events, manifest
+
+
+def _keep_previous(frame: pd.DataFrame, info: dict, previous: tuple[pd.DataFrame, Manifest], source: str):
+    """A source that could not read its whole window (e.g. Keycloak events expired since the
+    last extract) must not erase what an earlier extract of the same day stored: keep the
+    union of both (event ids are stable, so nothing doubles)."""
+    stored, manifest = previous
+    kept = stored[stored["source"] == source]
+    if kept.empty:
+        return frame, info
+    merged = pd.concat([frame, kept], ignore_index=True).drop_duplicates(subset="event_id", keep="first")
+    earlier = manifest.source(source)
+    info = dict(info)
+    info["events"] = int(len(merged))
+    info["kept_from_previous_extract"] = int(len(merged) - len(frame))
+    if earlier.get("complete"):
+        # The earlier extract read the whole window: the union is complete.
+        info["complete"] = True
+        info["coverage_note"] = f"window complete from the extract of {manifest.extracted_at}"
+    return merged, info
+
+
+def extract_day(
+    storage: Storage,
+    deployment: Deployment,
+    day: dt.date,
+    env: Mapping[str, str] | None = None,
+    now: dt.datetime | None = None,
+    sources_by_type: Mapping[str, Any] | None = None,
+    recent_ids: RecentEventIds | None = None,
+) -> DayExtract:
+    """Extract all sources of ``deployment`` for the UTC day ``day`` and store the result.
+
+    ``sources_by_type`` lets a multi-day run reuse its source objects (and their
+    caches, e.g. GitLab user lookups); by default they are built here. Events whose
+    id was already stored on one of the previous ``DEDUP_LOOKBACK_DAYS`` days are
+    dropped and counted; ``recent_ids`` lets a multi-day run keep those ids in memory.
+    """
+    env = os.environ if env is None else env
+    now = now or dt.datetime.now(dt.timezone.utc)
+    built = sources_by_type or build_sources(deployment, env)
+    window = TimeWindow.for_day(day)
+    frames, rejected, sources = [], [], {}
+    previous = _previous_day(storage, deployment.name, day)
+    for source_type, source in built.items():
+        try:
+            result = source.extract(window)
+        except SourceError:
+            raise
+        except Exception as exc:  # anything unexpected still names deployment, source and day
+            raise SourceError(
+                f"deployment {deployment.name!r}, source {source_type!r}, day {day}: {type(exc).__name__}: {exc}"
+            ) from exc
+        frame = result.frame if result.frame is not None else events_frame(result.events)
+        info = {
+            "complete": bool(result.complete),
+            "coverage_note": result.coverage_note,
+            "events": int(len(frame)),
+            "rejected": len(result.rejected),
+            "stats": dict(result.stats),
+        }
+        if not result.complete and previous is not None:
+            frame, info = _keep_previous(frame, info, previous, source_type)
+        frames.append(frame)
+        rejected.extend(result.rejected)
+        sources[source_type] = info
+    candidates = pd.concat(frames, ignore_index=True) if frames else events_frame([])
+    valid, invalid = validate_events(candidates, window, deployment.name)
+    rejected.extend(invalid)
+    # The same upstream record can surface again on a later day (a commit pushed to a
+    # branch, then fast-forwarded onto master by someone else): the first day wins.
+    earlier = recent_ids.before(day) if recent_ids is not None else RecentEventIds(storage, deployment.name).before(day)
+    # A set lookup per row: pandas' isin would rebuild the (large) lookup on every call.
+    repeated = pd.Series([e in earlier for e in valid["event_id"].tolist()], index=valid.index, dtype=bool)
+    valid = valid[~repeated].reset_index(drop=True)
+    if recent_ids is not None:
+        recent_ids.add(day, set(valid["event_id"]))
+
+    storage.write_parquet(raw_events_key(deployment.name, day), to_arrow(valid))
+    rkey = rejected_key(deployment.name, day)
+    if rejected:
+        storage.write_bytes(rkey, ("\n".join(_rejected_line(r) for r in rejected) + "\n").encode())
+    else:
+        storage.delete(rkey)  # a rerun that rejects nothing must not leave old rejects behind
+    by_action = {a: int(n) for a, n in valid["action"].value_counts().items()} if len(valid) else {}
+    by_action = {a: by_action.get(a, 0) for a in ACTIONS}
+    incomplete = [
+        f"{name}: {info['coverage_note'] or 'window not fully read'}"
+        for name, info in sources.items()
+        if not info["complete"]
+    ]
+    manifest = Manifest(
+        deployment=deployment.name,
+        date=day.isoformat(),
+        extracted_at=now.isoformat(),
+        row_count=int(len(valid)),
+        rejected_count=len(rejected),
+        users=int(valid["user_id"].nunique()) if len(valid) else 0,
+        repeated_from_earlier_days=int(repeated.sum()),
+        by_action=by_action,
+        sources=sources,
+    )
+    manifest.write(storage)
+    return DayExtract(
+        deployment=deployment.name,
+        day=day,
+        row_count=int(len(valid)),
+        rejected_count=len(rejected),
+        by_action=by_action,
+        users=manifest.users,
+        sources=sources,
+        events_uri=storage.uri(raw_events_key(deployment.name, day)),
+        rejected_uri=storage.uri(rkey) if rejected else None,
+        incomplete=incomplete,
+        repeated_from_earlier_days=int(repeated.sum()),
+    )

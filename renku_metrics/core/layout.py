@@ -1,0 +1,66 @@
+"""The storage layout, defined once: every key is built and parsed here.
+
+Under the storage root (a local directory or ``s3://bucket/prefix``)::
+
+    raw_events/deployment=<name>/date=YYYY-MM-DD/events.parquet   canonical events of one UTC day
+    raw_events/deployment=<name>/date=YYYY-MM-DD/_manifest.json   written last: what was extracted,
+                                                                  per-source coverage and counts
+    rejected/deployment=<name>/date=YYYY-MM-DD/rejected.jsonl     records that failed validation
+    metrics/<table>/period=YYYY-MM-DD/<table>.parquet             one aggregate period (Monday of
+                                                                  the ISO week, or 1st of the month)
+
+Plain Python, no Dagster.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+
+EVENTS_FILE = "events.parquet"
+MANIFEST_FILE = "_manifest.json"
+_DAY_IN_KEY = re.compile(r"/date=(\d{4}-\d{2}-\d{2})/")
+
+
+def raw_events_prefix(deployment: str) -> str:
+    return f"raw_events/deployment={deployment}/"
+
+
+def raw_events_key(deployment: str, day: dt.date) -> str:
+    return f"{raw_events_prefix(deployment)}date={day.isoformat()}/{EVENTS_FILE}"
+
+
+def manifest_key(deployment: str, day: dt.date) -> str:
+    return f"{raw_events_prefix(deployment)}date={day.isoformat()}/{MANIFEST_FILE}"
+
+
+def rejected_prefix(deployment: str) -> str:
+    return f"rejected/deployment={deployment}/"
+
+
+def rejected_key(deployment: str, day: dt.date) -> str:
+    return f"{rejected_prefix(deployment)}date={day.isoformat()}/rejected.jsonl"
+
+
+def metrics_prefix(table: str) -> str:
+    return f"metrics/{table}/"
+
+
+def metrics_key(table: str, period_start: dt.date) -> str:
+    return f"{metrics_prefix(table)}period={period_start.isoformat()}/{table}.parquet"
+
+
+def day_of_key(key: str) -> dt.date:
+    """The UTC day of a raw-events, manifest or rejected key."""
+    match = _DAY_IN_KEY.search(key)
+    if not match:
+        raise ValueError(f"not a per-day key: {key!r}")
+    return dt.date.fromisoformat(match.group(1))
+
+
+def is_events_key(key: str) -> bool:
+    return key.endswith("/" + EVENTS_FILE)
+
+
+def is_manifest_key(key: str) -> bool:
+    return key.endswith("/" + MANIFEST_FILE)

@@ -1,0 +1,64 @@
+"""Assembles the code location's ``Definitions`` from configuration.
+
+Which deployments exist is configuration (deployments.yaml, or the file named by
+$RENKU_METRICS_DEPLOYMENTS); ``build_defs`` builds the per-deployment assets from it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+
+from dagster import DefaultSensorStatus, Definitions, build_sensor_for_freshness_checks
+
+from renku_metrics.core.catalog import Catalog, load_catalog
+from renku_metrics.core.config import MetricsConfig, load_config
+from renku_metrics.defs.aggregates.assets import build_metric_assets
+from renku_metrics.defs.aggregates.checks import build_weekly_freshness_checks
+from renku_metrics.defs.aggregates.schedules import build_period_job_and_schedule
+from renku_metrics.defs.engagement.assets import build_engagement_assets
+from renku_metrics.defs.raw_events.assets import build_raw_events_asset
+from renku_metrics.defs.raw_events.checks import build_raw_events_freshness_checks
+from renku_metrics.defs.raw_events.schedules import build_daily_extract_schedule
+from renku_metrics.defs.resources import MetricsStorageResource
+
+
+def build_defs(
+    config: MetricsConfig | None = None,
+    catalog: Catalog | None = None,
+    storage_root: str = "",
+    env: Mapping[str, str] | None = None,
+) -> Definitions:
+    env = os.environ if env is None else env
+    config = config or load_config(env=env)
+    catalog = catalog or load_catalog()
+    raw_assets, jobs, schedules = [], [], []
+    for deployment in config.deployments:
+        asset_def = build_raw_events_asset(deployment)
+        job, schedule = build_daily_extract_schedule(deployment, asset_def)
+        raw_assets.append(asset_def)
+        jobs.append(job)
+        schedules.append(schedule)
+    weekly = build_metric_assets(config, catalog, "week")
+    monthly = build_metric_assets(config, catalog, "month")
+    engagement = build_engagement_assets(config)
+    for period, assets in (("week", weekly), ("month", monthly)):
+        job, schedule = build_period_job_and_schedule(config, period, [*assets, *engagement[period]])
+        jobs.append(job)
+        schedules.append(schedule)
+    checks = [
+        *build_raw_events_freshness_checks([a.key for a in raw_assets]),
+        *build_weekly_freshness_checks([a.key for a in [*weekly, *engagement["week"]]]),
+    ]
+    return Definitions(
+        assets=[*raw_assets, *weekly, *monthly, *engagement["week"], *engagement["month"]],
+        asset_checks=checks,
+        jobs=jobs,
+        schedules=schedules,
+        sensors=[
+            build_sensor_for_freshness_checks(
+                freshness_checks=checks, name="freshness_checks_sensor", default_status=DefaultSensorStatus.RUNNING
+            )
+        ],
+        resources={"metrics_storage": MetricsStorageResource(root=storage_root)},
+    )

@@ -1,0 +1,176 @@
+"""Per-deployment raw event extracts: one daily-partitioned asset per deployment.
+
+Key ``[<deployment>, "raw_events"]``. Each UTC day is its own Parquet object;
+rerunning a day replaces it. A single-run backfill policy makes a year's backfill
+one run that loops over the days (Dagster cannot attach per-partition metadata in
+such a run: its metadata summarises the range, and each day's exact figures are
+in its manifest).
+"""
+
+import datetime as dt
+import os
+
+from dagster import (
+    AssetCheckResult,
+    AssetCheckSeverity,
+    AssetCheckSpec,
+    AssetExecutionContext,
+    AssetsDefinition,
+    BackfillPolicy,
+    MaterializeResult,
+    MetadataValue,
+    asset,
+)
+
+from renku_metrics.core.config import Deployment
+from renku_metrics.core.events import ACTIONS
+from renku_metrics.core.extract import DayExtract, RecentEventIds, build_sources, extract_day
+from renku_metrics.core.layout import raw_events_key, rejected_prefix
+from renku_metrics.core.storage import Storage
+from renku_metrics.defs.keys import OWNERS, raw_events_asset_key
+from renku_metrics.defs.metadata import partition_metadata
+from renku_metrics.defs.partitions import daily_partitions
+from renku_metrics.defs.raw_events.checks import BLOCKING_CHECKS, RAW_EVENT_CHECKS, count_violations
+from renku_metrics.defs.resources import MetricsStorageResource
+
+GROUP = "raw_events"
+
+
+def _description(deployment: Deployment) -> str:
+    sources = ", ".join(deployment.sources)
+    return (
+        f"Canonical events of deployment **{deployment.name}**, one Parquet object per UTC day "
+        f"(`raw_events/deployment={deployment.name}/date=YYYY-MM-DD/events.parquet`), extracted from: {sources}. "
+        "Columns: event_id, deployment, occurred_at, user_id (md5 of the Keycloak id), action "
+        f"({', '.join(ACTIONS)}), project_id, project_visibility, source. Records failing validation are "
+        "kept aside under `rejected/` and counted in the metadata. "
+        "Cannot see: anything a source cannot see (see the metric catalog), e.g. local `renku session start`; "
+        "days whose upstream events had already expired are marked incomplete by the source_coverage check."
+    )
+
+
+def _day_metadata(storage: Storage, extract: DayExtract) -> dict:
+    """Exact figures of one day (one partition)."""
+    meta = {
+        "dagster/row_count": extract.row_count,
+        "dagster/uri": MetadataValue.path(extract.events_uri),
+        "users": extract.users,
+        "rejected_records": extract.rejected_count,
+        "repeated_from_earlier_days": extract.repeated_from_earlier_days,
+        "complete": extract.complete,
+    }
+    for action in ACTIONS:
+        meta[f"events_{action}"] = extract.by_action.get(action, 0)
+    for source, info in extract.sources.items():
+        for key, value in info.get("stats", {}).items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                meta[f"{source}/{key}"] = value
+    if extract.rejected_uri:
+        meta["rejected_uri"] = MetadataValue.path(extract.rejected_uri)
+    if extract.incomplete:
+        meta["coverage_gaps"] = MetadataValue.md("\n".join(f"- {g}" for g in extract.incomplete))
+    return meta
+
+
+def _run_summary(storage: Storage, deployment: Deployment, extracts: list[DayExtract]) -> dict:
+    """What is true of the whole run: days covered, totals and a per-day table."""
+    table = [
+        "| day | events | users | " + " | ".join(ACTIONS) + " | rejected | complete |",
+        "|" + " --- |" * (len(ACTIONS) + 5),
+    ]
+    for e in extracts[-31:]:
+        counts = " | ".join(str(e.by_action.get(a, 0)) for a in ACTIONS)
+        table.append(
+            f"| {e.day} | {e.row_count} | {e.users} | {counts} | {e.rejected_count} | {'yes' if e.complete else 'NO'} |"
+        )
+    if len(extracts) > 31:
+        table.append(f"| ... {len(extracts) - 31} earlier days in this run |")
+    summary = {
+        "run_days": len(extracts),
+        "run_first_day": extracts[0].day.isoformat(),
+        "run_last_day": extracts[-1].day.isoformat(),
+        "run_events": sum(e.row_count for e in extracts),
+        "run_rejected_records": sum(e.rejected_count for e in extracts),
+        "run_incomplete_days": sum(1 for e in extracts if not e.complete),
+        "summary": MetadataValue.md("\n".join(table)),
+    }
+    gaps = [f"{e.day}: {note}" for e in extracts for note in e.incomplete]
+    if gaps:
+        summary["run_coverage_gaps"] = MetadataValue.md("\n".join(f"- {g}" for g in gaps[:50]))
+    if summary["run_rejected_records"]:
+        summary["run_rejected_prefix"] = MetadataValue.path(storage.uri(rejected_prefix(deployment.name)))
+    return summary
+
+
+def build_raw_events_asset(deployment: Deployment) -> AssetsDefinition:
+    key = raw_events_asset_key(deployment.name)
+    specs = [
+        AssetCheckSpec(name, asset=key, description=text, blocking=blocking)
+        for name, (text, blocking) in RAW_EVENT_CHECKS.items()
+    ]
+
+    @asset(
+        key=key,
+        partitions_def=daily_partitions(deployment.start_date),
+        backfill_policy=BackfillPolicy.single_run(),
+        group_name=GROUP,
+        owners=OWNERS,
+        kinds={"python", "parquet"},
+        description=_description(deployment),
+        metadata={"deployment": deployment.name, "sources": ", ".join(deployment.sources)},
+        check_specs=specs,
+        tags={"deployment": deployment.name},
+        pool=f"extract_{deployment.name}",  # one extract per deployment at a time (dagster.yaml)
+    )
+    def raw_events(context: AssetExecutionContext, metrics_storage: MetricsStorageResource) -> MaterializeResult:
+        storage = metrics_storage.get_storage()
+        window = context.partition_time_window
+        day = window.start.date()
+        extracts = []
+        sources = build_sources(deployment, os.environ)  # one per run: caches span the days
+        recent_ids = RecentEventIds(storage, deployment.name)
+        while day < window.end.date():
+            extract = extract_day(
+                storage, deployment, day, env=os.environ, sources_by_type=sources, recent_ids=recent_ids
+            )
+            context.log.info(
+                "%s %s: %d events, %d rejected%s",
+                deployment.name,
+                day,
+                extract.row_count,
+                extract.rejected_count,
+                "" if extract.complete else f", INCOMPLETE ({'; '.join(extract.incomplete)})",
+            )
+            extracts.append(extract)
+            day += dt.timedelta(days=1)
+        keys = [raw_events_key(deployment.name, e.day) for e in extracts]
+        violations = count_violations(storage, keys)
+        results = [
+            AssetCheckResult(
+                check_name=name,
+                passed=violations[name] == 0,
+                metadata={"violating_rows": violations[name]},
+            )
+            for name in BLOCKING_CHECKS
+        ]
+        gaps = [f"{e.day}: {note}" for e in extracts for note in e.incomplete]
+        results.append(
+            AssetCheckResult(
+                check_name="source_coverage",
+                passed=not gaps,
+                severity=AssetCheckSeverity.WARN,
+                metadata={
+                    "incomplete_days": len({e.day for e in extracts if not e.complete}),
+                    "gaps": MetadataValue.md("\n".join(f"- {g}" for g in gaps[:50]) or "none"),
+                },
+            )
+        )
+        metadata = partition_metadata(
+            context,
+            key,
+            {e.day.isoformat(): _day_metadata(storage, e) for e in extracts},
+            _run_summary(storage, deployment, extracts),
+        )
+        return MaterializeResult(metadata=metadata, check_results=results)
+
+    return raw_events

@@ -1,0 +1,75 @@
+"""Daily extract job and schedule of each deployment."""
+
+import datetime as dt
+
+from dagster import (
+    AssetsDefinition,
+    AssetSelection,
+    DefaultScheduleStatus,
+    RunRequest,
+    ScheduleEvaluationContext,
+    define_asset_job,
+    schedule,
+)
+
+from renku_metrics.core.config import Deployment
+from renku_metrics.core.manifest import Manifest
+from renku_metrics.core.storage import Storage
+from renku_metrics.defs.partitions import daily_partitions
+from renku_metrics.defs.resources import MetricsStorageResource
+
+REEXTRACT_DAYS = 7
+
+
+def days_to_extract(
+    storage: Storage, deployment: Deployment, today: dt.date, lookback: int = REEXTRACT_DAYS
+) -> list[dt.date]:
+    """Yesterday, plus any of the ``lookback`` days before it that is missing or was
+    extracted incomplete (e.g. an audit-log object not yet uploaded at the first try).
+    Re-extracting never loses events: an incomplete source keeps what was stored."""
+    wanted = []
+    for back in range(lookback, 0, -1):
+        day = today - dt.timedelta(days=back)
+        if day < deployment.start_date:
+            continue
+        if back == 1:
+            wanted.append(day)
+            continue
+        manifest = Manifest.read(storage, deployment.name, day)
+        if manifest is None or not manifest.complete:
+            wanted.append(day)
+    return wanted
+
+
+def build_daily_extract_schedule(deployment: Deployment, asset_def: AssetsDefinition):
+    """Every day at 01:30 UTC: extract the previous UTC day of one deployment, and retry
+    the days of the past week that are missing or were incomplete."""
+    partitions = daily_partitions(deployment.start_date)
+    job = define_asset_job(
+        name=f"{deployment.name}_daily_extract",
+        # The asset with its own checks; freshness checks are left to their sensor.
+        selection=AssetSelection.assets(asset_def).without_checks() | AssetSelection.checks(asset_def),
+        partitions_def=partitions,
+        description=f"Extract UTC days of deployment {deployment.name}.",
+    )
+
+    @schedule(
+        name=f"{deployment.name}_daily_extract_schedule",
+        job=job,
+        cron_schedule="30 1 * * *",
+        execution_timezone="UTC",
+        default_status=DefaultScheduleStatus.RUNNING,
+        description=(
+            "Extracts yesterday (UTC), and re-extracts any of the previous 7 days that is missing "
+            "or whose sources could not read their whole window."
+        ),
+    )
+    def daily_extract(context: ScheduleEvaluationContext, metrics_storage: MetricsStorageResource):
+        when = context.scheduled_execution_time or dt.datetime.now(dt.timezone.utc)
+        today = when.astimezone(dt.timezone.utc).date()
+        storage = metrics_storage.get_storage()
+        for day in days_to_extract(storage, deployment, today):
+            key = day.isoformat()
+            yield RunRequest(run_key=f"{key}@{today.isoformat()}", partition_key=key)
+
+    return job, daily_extract
