@@ -1,6 +1,8 @@
 """Snapshot of every asset key, check, job and schedule: a factory that renames
 something by accident fails here."""
 
+import re
+import warnings
 from pathlib import Path
 
 from dagster import AssetKey
@@ -133,10 +135,10 @@ def test_weekly_schedule_reruns_weeks_completed_since(tmp_path, fixture_source):
     import datetime as dt
 
     from dagster import DagsterInstance, build_schedule_context
-    from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
     from renku_metrics.core.extract import extract_day
     from renku_metrics.core.storage import open_storage
+    from renku_metrics.defs.demo_run import partition_range_tags
     from renku_metrics.defs.resources import MetricsStorageResource
 
     from .helpers import NOW, ev, write_config
@@ -152,7 +154,7 @@ def test_weekly_schedule_reruns_weeks_completed_since(tmp_path, fixture_source):
     defs = build_defs(config=late, storage_root=root)
     defs.resolve_job_def("weekly_metrics").execute_in_process(
         instance=DagsterInstance.ephemeral(),
-        tags={ASSET_PARTITION_RANGE_START_TAG: "2025-03-03", ASSET_PARTITION_RANGE_END_TAG: "2025-03-17"},
+        tags=partition_range_tags("2025-03-03", "2025-03-17"),
         run_config={"loggers": {"console": {"config": {"log_level": "ERROR"}}}},
     )
     schedule = defs.get_repository_def().get_schedule_def("weekly_metrics_schedule")
@@ -172,3 +174,22 @@ def test_weekly_schedule_reruns_weeks_completed_since(tmp_path, fixture_source):
     fixed = write_config(tmp_path, {"alpha": {"start_date": "2025-03-03", "events": events}})
     extract_day(storage, fixed.deployment("alpha"), dt.date(2025, 3, 5), env={}, now=NOW)
     assert requested() == ["2025-03-03", "2025-03-17"]
+
+
+def test_package_uses_no_private_dagster_modules():
+    package = REPO / "renku_metrics"
+    offenders = [
+        f"{path.relative_to(REPO)}:{number}"
+        for path in sorted(package.rglob("*.py"))
+        for number, line in enumerate(path.read_text().splitlines(), 1)
+        if re.search(r"\bdagster(_aws|_postgres)?\._", line)
+    ]
+    assert offenders == []
+
+
+def test_loading_defs_raises_no_deprecation_warning():
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        shipped_defs().resolve_all_job_defs()
+    deprecations = [str(w.message) for w in caught if issubclass(w.category, DeprecationWarning)]
+    assert deprecations == []

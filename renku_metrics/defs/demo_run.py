@@ -17,7 +17,16 @@ import warnings
 
 import pandas as pd
 from dagster import DagsterInstance
-from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
+
+# Dagster's documented run tags for one run over a range of partitions (what the
+# UI sets for a single-run backfill); the assets read the range from their context.
+PARTITION_RANGE_START_TAG = "dagster/asset_partition_range_start"
+PARTITION_RANGE_END_TAG = "dagster/asset_partition_range_end"
+
+
+def partition_range_tags(start: str, end: str) -> dict[str, str]:
+    """Run tags that make one run cover the partitions ``start``..``end`` (both included)."""
+    return {PARTITION_RANGE_START_TAG: start, PARTITION_RANGE_END_TAG: end}
 
 
 def plan(today: dt.date, weeks: int) -> dict:
@@ -39,7 +48,7 @@ def run_range(defs, job_name: str, start: str, end: str, instance: DagsterInstan
     t0 = time.time()
     result = job.execute_in_process(
         instance=instance,
-        tags={ASSET_PARTITION_RANGE_START_TAG: start, ASSET_PARTITION_RANGE_END_TAG: end},
+        tags=partition_range_tags(start, end),
         raise_on_error=True,
         run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
     )

@@ -18,7 +18,6 @@ from renku_metrics.core.layout import metrics_key
 from renku_metrics.core.periods import PERIOD_SUFFIX, period_bounds, period_start_of, previous_period_start
 from renku_metrics.core.storage import Storage
 from renku_metrics.defs.keys import active_users_name
-from renku_metrics.defs.partitions import period_partitions
 from renku_metrics.defs.resources import MetricsStorageResource
 
 RECHECK_PERIODS = {"week": 4, "month": 2}
@@ -63,13 +62,11 @@ def build_period_job_and_schedule(config: MetricsConfig, period: str, assets: li
     Each tick also reruns earlier periods (4 weeks, 2 months) that were aggregated
     while some of their days were incomplete and have since been completed.
     """
-    partitions = period_partitions(period, config.earliest_start)
     name = f"{PERIOD_SUFFIX[period]}_metrics"
     job = define_asset_job(
         name=name,
         # The assets with their own checks; freshness checks are left to their sensor.
         selection=AssetSelection.assets(*assets).without_checks() | AssetSelection.checks(*assets),
-        partitions_def=partitions,
         description=f"Aggregate the {PERIOD_SUFFIX[period]} metrics of a period.",
     )
 

@@ -15,7 +15,6 @@ from dagster import (
 from renku_metrics.core.config import Deployment
 from renku_metrics.core.manifest import Manifest
 from renku_metrics.core.storage import Storage
-from renku_metrics.defs.partitions import daily_partitions
 from renku_metrics.defs.resources import MetricsStorageResource
 
 REEXTRACT_DAYS = 7
@@ -44,12 +43,10 @@ def days_to_extract(
 def build_daily_extract_schedule(deployment: Deployment, asset_def: AssetsDefinition):
     """Every day at 01:30 UTC: extract the previous UTC day of one deployment, and retry
     the days of the past week that are missing or were incomplete."""
-    partitions = daily_partitions(deployment.start_date)
     job = define_asset_job(
         name=f"{deployment.name}_daily_extract",
         # The asset with its own checks; freshness checks are left to their sensor.
         selection=AssetSelection.assets(asset_def).without_checks() | AssetSelection.checks(asset_def),
-        partitions_def=partitions,
         description=f"Extract UTC days of deployment {deployment.name}.",
     )
 
