@@ -37,9 +37,12 @@ def at(hours: float = 0, days: int = 0) -> dt.datetime:
     return START + dt.timedelta(days=days, hours=hours)
 
 
+SIM_NOW = START + dt.timedelta(days=1, hours=2)  # every test runs at this moment, whatever today is
+
+
 @pytest.fixture
 def gitlab():
-    sim = GitLabSimulator(now=lambda: START + dt.timedelta(days=1, hours=2))
+    sim = GitLabSimulator(now=lambda: SIM_NOW)
     sim.add_user(ALICE, "alice", extern_uid="kc-alice")
     sim.add_user(BOB, "bob", extern_uid="kc-bob")
     sim.add_user(CAROL, "carol")  # no Keycloak identity
@@ -54,7 +57,7 @@ def gitlab():
 def make_source(sim: GitLabSimulator, now=None, **overrides) -> Source:
     values = dict(url=sim.url, token_env=TOKEN_ENV, backoff_seconds=0.001, max_backoff_seconds=0.005)
     values.update(overrides)
-    return Source("testdep", Settings(**values), {TOKEN_ENV: sim.token}, now=now)
+    return Source("testdep", Settings(**values), {TOKEN_ENV: sim.token}, now=now or (lambda: SIM_NOW))
 
 
 def actions(result) -> Counter:
@@ -278,6 +281,8 @@ def test_deleted_branches_and_deleted_projects_add_nothing(gitlab):
 
     assert result.events == []
     assert result.stats["push_events"] == 1 and result.stats["projects_missing"] == 1
+    # A deleted project (gone from /projects/:id too) is not a gap: the day is complete.
+    assert result.complete and len(gitlab.requests_to("/api/v4/projects/11")) == 2
 
 
 # -- authors ----------------------------------------------------------------------------
@@ -292,11 +297,14 @@ def test_unmapped_bots_and_excluded_users(gitlab):
     gitlab.push(10, GONE, at(5), ["commit of a deleted account"])
     gitlab.push(10, DAVE, at(6), ["dave's commit"])
 
-    result = make_source(gitlab, exclude_users=("CI-Runner",)).extract(WINDOW)
+    result = make_source(gitlab, exclude_users=("CI-Runner",), max_retries=1).extract(WINDOW)
 
     users = Counter(e["user_id"] for e in result.events)
     assert users == {md5("kc-alice"): 1, "gitlab:3": 1, "gitlab:6": 1, "gitlab:7": 1}
     assert result.stats["unmapped_authors"] == 3  # carol, the deleted account, dave (other provider)
+    # An author whose record cannot be read (404 twice) may have had an identity: the day is incomplete.
+    assert result.stats["user_lookups_failed"] == 1 and not result.complete
+    assert "user 6 could not be looked up (HTTP 404); kept as gitlab:6" in result.coverage_note
     assert result.stats["bot_authors"] == 1 and result.stats["excluded_authors"] == 1
     assert result.stats["skipped_pushes"] == 2
     assert actions(result) == {"commit": 4}
@@ -442,3 +450,93 @@ def test_no_personal_data_in_events_rejects_or_stats(gitlab):
     dumped += json.dumps(result.stats)
     for personal in ("Evelyn", "evelyn_x", "alice", "Jane", "example.org", "private-thesis", "secret title"):
         assert personal not in dumped
+
+
+# -- stray 404s and failures after the first page ------------------------------------------------
+
+
+def _paged_project(gitlab, pushes: int = 7) -> None:
+    """Project 10 with ``pushes`` single-commit pushes by ALICE and one 6-commit push by BOB."""
+    gitlab.add_project(10)
+    gitlab.push(10, BOB, at(days=-2), ["base"])
+    for i in range(pushes):
+        gitlab.push(10, ALICE, at(1 + i), [f"c{i}"])
+    gitlab.push(10, BOB, at(20), [f"b{i}" for i in range(6)])
+
+
+def _reference(gitlab) -> list[dict]:
+    return sorted(make_source(gitlab, page_size=3).extract(WINDOW).events, key=lambda e: e["event_id"])
+
+
+@pytest.mark.parametrize(
+    "path,query",
+    [("/projects/10/events", {"page": "2"}), ("/repository/commits", {"page": "2"}), ("/api/v4/users/", None)],
+)
+def test_transient_404s_are_retried_to_a_complete_and_correct_day(gitlab, path, query):
+    _paged_project(gitlab)
+    expected = _reference(gitlab)
+    assert len(expected) == 13
+    gitlab.inject("status", times=2, status=404, path_contains=path, query=query)
+
+    result = make_source(gitlab, page_size=3).extract(WINDOW)
+
+    assert result.complete, result.coverage_note
+    assert sorted(result.events, key=lambda e: e["event_id"]) == expected
+    assert all(f.times == 0 for f in gitlab.faults)  # the 404s were really served
+
+
+@pytest.mark.parametrize(
+    "path,query,note",
+    [
+        ("/projects/10/events", {"page": "2"}, "push events of project 10 not fully read (HTTP 404 on page 2)"),
+        ("/repository/commits", {"page": "2"}, "in project 10 not fully read (HTTP 404 on page 2)"),
+        ("/repository/commits", {"page": "2"}, "not fully read (HTTP 502 on page 2)"),
+        ("/api/v4/users/1", None, "user 1 could not be looked up (HTTP 404); kept as gitlab:1"),
+    ],
+)
+def test_persistent_failures_after_the_first_page_make_the_day_incomplete_and_noted(gitlab, path, query, note):
+    _paged_project(gitlab)
+    status = 502 if "502" in note else 404
+    gitlab.inject("status", times=1000, status=status, path_contains=path, query=query)
+
+    result = make_source(gitlab, page_size=3, max_retries=2).extract(WINDOW)
+
+    assert not result.complete and note in result.coverage_note
+    assert result.stats["listings_incomplete"] == 1
+    assert "upstream failures after retries" in result.coverage_note
+
+
+def test_a_failed_user_lookup_is_not_cached_for_the_run(gitlab):
+    _paged_project(gitlab, pushes=1)
+    source = make_source(gitlab, max_retries=1)
+    gitlab.inject("status", times=2, status=404, path_contains="/api/v4/users/1")
+    first = source.extract(WINDOW)
+    assert not first.complete and {e["user_id"] for e in first.events} >= {"gitlab:1"}
+    second = source.extract(WINDOW)  # same run, upstream healthy again
+    assert second.complete, second.coverage_note
+    assert {e["user_id"] for e in second.events} == {md5("kc-alice"), md5("kc-bob")}
+
+
+def test_a_stray_404_on_an_existing_projects_events_is_read_again(gitlab):
+    _paged_project(gitlab)
+    expected = _reference(gitlab)
+    gitlab.inject("status", times=1, status=404, path_contains="/projects/10/events", query={"page": "1"})
+    result = make_source(gitlab, page_size=3).extract(WINDOW)
+    assert result.complete and result.stats["projects_missing"] == 0
+    assert sorted(result.events, key=lambda e: e["event_id"]) == expected
+
+
+def test_a_project_whose_events_keep_failing_although_it_exists_is_noted(gitlab):
+    _paged_project(gitlab)
+    gitlab.inject("status", times=1000, status=404, path_contains="/projects/10/events")
+    result = make_source(gitlab, page_size=3, max_retries=1).extract(WINDOW)
+    assert not result.complete and result.stats["projects_missing"] == 0
+    assert "push events of project 10 not fully read (HTTP 404" in result.coverage_note
+
+
+def test_http_counters_are_per_window(gitlab):
+    _paged_project(gitlab, pushes=1)
+    source = make_source(gitlab)
+    first = source.extract(WINDOW).stats["http_requests"]
+    second = source.extract(WINDOW).stats["http_requests"]
+    assert first == 5 and second == 3  # per window: the second finds both user records cached

@@ -68,7 +68,8 @@ class Fault:
     Retry-After ``retry_after`` and RateLimit-* headers), "truncate" (the real
     body cut in half, with a matching Content-Length: syntactically broken JSON),
     "cut" (the full Content-Length announced, half the body sent, connection
-    closed), "delay" (answer normally after ``delay`` seconds).
+    closed), "delay" (answer normally after ``delay`` seconds). ``query`` narrows
+    the fault to requests carrying these query arguments (e.g. ``{"page": "2"}``).
     """
 
     kind: str
@@ -78,6 +79,7 @@ class Fault:
     retry_after: int | None = 1
     rate_limit_reset_in: int | None = None
     delay: float = 0.0
+    query: dict[str, str] | None = None
 
 
 class SimulatorServer:
@@ -159,7 +161,11 @@ class SimulatorServer:
     def _take_fault(self, request: Request) -> Fault | None:
         with self._lock:
             for fault in self.faults:
-                if fault.times > 0 and (fault.path_contains is None or fault.path_contains in request.path):
+                if (
+                    fault.times > 0
+                    and (fault.path_contains is None or fault.path_contains in request.path)
+                    and all(request.arg(k) == v for k, v in (fault.query or {}).items())
+                ):
                     fault.times -= 1
                     return fault
         return None

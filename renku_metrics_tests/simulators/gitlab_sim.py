@@ -23,6 +23,7 @@ Behaviour (SOURCES.md and the GitLab API docs):
   revision range ``a..b``; default branch if absent), ``all=true`` (every
   branch), ``since``/``until`` (inclusive, on the committed date), newest first.
   Offset paging without any totals: ``x-next-page`` is empty on the last page.
+* ``GET /api/v4/projects/:id``: the project record; 404 once it is deleted.
 * ``GET /api/v4/users/:id``: ``identities`` and the ``bot`` flag as an admin
   sees them; 404 for unknown users.
 * Pushing more than three branches at once makes one bulk push event:
@@ -341,6 +342,11 @@ class GitLabSimulator(SimulatorServer):
         path = request.path
         if path == "/api/v4/projects":
             return self._projects(request)
+        if match := re.fullmatch(r"/api/v4/projects/(\d+)", path):
+            project_id = int(match.group(1))
+            if project_id not in self.projects or project_id in self.gone_projects:
+                return Response.json({"message": "404 Project Not Found"}, status=404)
+            return Response.json(self.projects[project_id])
         if match := re.fullmatch(r"/api/v4/projects/(\d+)/events", path):
             return self._project_events(request, int(match.group(1)))
         if match := re.fullmatch(r"/api/v4/projects/(\d+)/repository/commits", path):

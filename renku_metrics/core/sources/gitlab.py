@@ -30,6 +30,18 @@ How it reads a window [start, end)
      (inclusive bounds on the committed date; the hour absorbs client clock skew).
    Branch deletions and tag pushes without commits add nothing.
 
+Failures that would silently lose data
+--------------------------------------
+A page after the first of any listing is retried on a 404 as on a 5xx; if it
+still fails, that project's (or push's) listing is incomplete and so is the
+day, with a note naming it: a failed page never ends a list. A 404 on the first
+page of a project's events is checked against ``GET /api/v4/projects/:id``: a
+project that is gone there too was deleted (counted in ``projects_missing``,
+the day stays complete); one that still exists is read again, and if that
+fails too the day is incomplete. A user lookup that keeps failing (404
+included: an author of a push exists) is not cached; the author's commits are
+kept as ``gitlab:<id>`` and the day is marked incomplete, so a rerun fixes it.
+
 Events
 ------
 Every commit, deduplicated by sha within the project and run, is a ``commit``
@@ -63,7 +75,14 @@ from renku_metrics.core.events import (
     pseudonymize_user,
 )
 from renku_metrics.core.sources.base import SettingsBase, read_secret
-from renku_metrics.core.sources.http import HeaderAuth, HttpClient, HttpSettings, validate_base_url
+from renku_metrics.core.sources.http import (
+    HeaderAuth,
+    HttpClient,
+    HttpError,
+    HttpSettings,
+    PageError,
+    validate_base_url,
+)
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +95,8 @@ EVENT_RETENTION = dt.timedelta(days=3 * 365)
 # may carry a committed date a little after the push itself.
 CLOCK_SKEW = dt.timedelta(hours=1)
 ZERO_SHA = "0" * 40
+# At most this many gap notes are spelled out in a day's coverage note.
+MAX_GAP_NOTES = 5
 
 
 @dataclass(frozen=True)
@@ -190,6 +211,12 @@ def classify_commit_message(message: str | None, renku_domain: str | None = None
 # -- helpers ---------------------------------------------------------------------
 
 
+def _reason(exc: HttpError) -> str:
+    """The short cause of a failed request, for a coverage note."""
+    reason = f"HTTP {exc.status}" if exc.status else str(exc).rsplit("failed: ", 1)[-1]
+    return f"{reason} on page {exc.page}" if isinstance(exc, PageError) else reason
+
+
 def _parse_time(value: Any) -> dt.datetime | None:
     if not isinstance(value, str) or not value:
         return None
@@ -231,6 +258,7 @@ class _Author:
     bot: bool = False
     excluded: bool = False
     no_identities_field: bool = False  # the user record lacked "identities" (not an admin token?)
+    lookup_failed: str = ""  # why the user record could not be read (the day is then incomplete)
 
 
 @dataclass
@@ -265,7 +293,8 @@ class Source:
         )
         self.now = now or (lambda: dt.datetime.now(dt.timezone.utc))
         self._excluded_names = {name.casefold() for name in settings.exclude_users}
-        self._users: dict[int, Mapping[str, Any] | None] = {}  # per-run cache of /users/:id
+        self._users: dict[int, Mapping[str, Any]] = {}  # per-run cache of /users/:id (successes only)
+        self._gaps: list[str] = []  # what the current window could not read (list.append is thread-safe)
 
     # -- reading ---------------------------------------------------------------
 
@@ -283,8 +312,21 @@ class Source:
             projects.extend(p for p in page if isinstance(p, Mapping) and _is_int(p.get("id")))
         return projects
 
+    def _list_push_events(self, project_id: int, params: dict[str, Any], not_found_ok: bool) -> list[Any] | None:
+        records: list[Any] = []
+        found = False
+        for page in self.client.iter_offset_pages(
+            f"/api/v4/projects/{project_id}/events", params, self.settings.page_size, not_found_ok=not_found_ok
+        ):
+            found = True
+            records.extend(page)
+        return records if found else None
+
     def _push_events(self, project: Mapping[str, Any], window: TimeWindow) -> list[Any] | None:
-        """Push event records of the window's days (widened); None if the project is gone."""
+        """Push event records of the window's days (widened); None if the project is gone.
+
+        A listing that cannot be read whole is recorded as a gap (and [] returned).
+        """
         days = window.days()
         margin = dt.timedelta(days=self.settings.date_margin_days)
         params = {
@@ -293,18 +335,23 @@ class Source:
             "before": (days[-1] + dt.timedelta(days=1) + margin).isoformat(),
             "sort": "asc",
         }
-        records: list[Any] = []
-        found = False
-        for page in self.client.iter_offset_pages(
-            f"/api/v4/projects/{project['id']}/events", params, self.settings.page_size, not_found_ok=True
-        ):
-            found = True
-            records.extend(page)
-        return records if found else None
+        project_id = project["id"]
+        try:
+            records = self._list_push_events(project_id, params, not_found_ok=True)
+            if records is not None:
+                return records
+            # 404: deleted since it was listed, or a stray 404? Ask for the project itself.
+            if self.client.get_json(f"/api/v4/projects/{project_id}", expect=dict, not_found_ok=True) is None:
+                return None
+            return self._list_push_events(project_id, params, not_found_ok=False)
+        except HttpError as exc:
+            self._gaps.append(f"push events of project {project_id} not fully read ({_reason(exc)})")
+            return []
 
-    def _user(self, user_id: int) -> Mapping[str, Any] | None:
+    def _user(self, user_id: int) -> Mapping[str, Any]:
+        """The user record; raises HttpError (not cached) when it cannot be read, 404 included."""
         if user_id not in self._users:
-            self._users[user_id] = self.client.get_json(f"/api/v4/users/{user_id}", expect=dict, not_found_ok=True)
+            self._users[user_id] = self.client.get_json(f"/api/v4/users/{user_id}", expect=dict, retry_not_found=True)
         return self._users[user_id]
 
     def _commit_pages(
@@ -326,7 +373,20 @@ class Source:
         return out if found else None
 
     def _push_commits(self, push: _Push) -> tuple[list[tuple[str, str]], bool]:
-        """The commits a push added, as (sha, message); and whether it was a bulk push."""
+        """The commits a push added, as (sha, message); and whether it was a bulk push.
+
+        A commit listing that fails after its first page is recorded as a gap.
+        """
+        try:
+            return self._read_push_commits(push)
+        except PageError as exc:
+            self._gaps.append(
+                f"commits of push event {push.record.get('id')} in project {push.project['id']} "
+                f"not fully read ({_reason(exc)})"
+            )
+            return [], False
+
+    def _read_push_commits(self, push: _Push) -> tuple[list[tuple[str, str]], bool]:
         project, data = push.project, push.record.get("push_data")
         if not isinstance(data, Mapping):
             return [], False
@@ -362,9 +422,11 @@ class Source:
         key = gitlab_user_key(author_id)
         if isinstance(username, str) and username.casefold() in self._excluded_names:
             return _Author(key, excluded=True)
-        user = self._user(author_id)
-        if user is None:  # a deleted user
-            return _Author(key)
+        try:
+            user = self._user(author_id)
+        except HttpError as exc:
+            self._gaps.append(f"user {author_id} could not be looked up ({_reason(exc)}); kept as {key}")
+            return _Author(key, lookup_failed=_reason(exc))
         if isinstance(user.get("username"), str) and user["username"].casefold() in self._excluded_names:
             return _Author(key, excluded=True)
         if user.get("bot") is True:
@@ -398,7 +460,10 @@ class Source:
                 "users_without_identities_field",
             )
         }
+        stats["user_lookups_failed"] = 0
         rejected: list[RejectedRecord] = []
+        self._gaps = []
+        self.client.reset_stats()
 
         # 1-2. Active projects and their push events in the window.
         projects = self._active_projects(window)
@@ -438,6 +503,7 @@ class Source:
         stats["bot_authors"] = sum(a.bot for a in authors.values())
         stats["unmapped_authors"] = sum(not (a.mapped or a.excluded or a.bot) for a in authors.values())
         stats["users_without_identities_field"] = sum(a.no_identities_field for a in authors.values())
+        stats["user_lookups_failed"] = sum(bool(a.lookup_failed) for a in authors.values())
         kept = [
             p for p in pushes if not (authors[p.record["author_id"]].excluded or authors[p.record["author_id"]].bot)
         ]
@@ -483,13 +549,19 @@ class Source:
                 SOURCE_NAME,
                 stats["users_without_identities_field"],
             )
-        complete, note = True, ""
+        notes = []
         if window.start < self.now() - EVENT_RETENTION:
-            complete = False
-            note = (
+            notes.append(
                 f"GitLab deletes events older than 3 years; the window starting {window.start.isoformat()} "
                 "is (partly) beyond that and its pushes can no longer be read."
             )
+        gaps = sorted(self._gaps)
+        stats["listings_incomplete"] = len(gaps)
+        if gaps:
+            shown = "; ".join(gaps[:MAX_GAP_NOTES])
+            more = f"; and {len(gaps) - MAX_GAP_NOTES} more" if len(gaps) > MAX_GAP_NOTES else ""
+            notes.append(f"upstream failures after retries: {shown}{more}")
+        complete, note = not notes, " ".join(notes)
         stats.update(self.client.stats)
         return SourceResult(
             source=SOURCE_NAME,

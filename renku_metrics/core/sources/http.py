@@ -10,10 +10,15 @@ retry policy:
   HTTP date) or else ``RateLimit-Reset`` (unix time), as GitLab sends them;
 * HTTP 401 on an authenticated request renews the credentials once (an access
   token that expired mid-extract) and repeats the request;
-* anything else (4xx) fails at once.
+* anything else (4xx) fails at once, except a 404 where the caller says the
+  resource must exist (a page after the first of a listing, a user looked up
+  because it authored an event): that is retried like a 5xx, since a
+  load-balanced GitLab answers a stray 404 now and then.
 
-A persistent failure raises ``SourceError`` naming deployment, source, method,
-URL *path* (never the query string) and the last status. Known secret values
+A persistent failure raises ``HttpError`` (a ``SourceError``) naming deployment,
+source, method, URL *path* (never the query string) and the last status; a
+failure on a page after the first is a ``PageError``, so that a caller can
+record the listing as incomplete instead of taking its first pages for all of it. Known secret values
 (tokens, client secrets) registered with the client are scrubbed from every
 message it produces, so they cannot leak into logs, errors or run metadata.
 
@@ -57,6 +62,22 @@ _RETRYABLE_EXCEPTIONS = (
     requests.exceptions.ChunkedEncodingError,  # body cut short (IncompleteRead)
     requests.exceptions.ContentDecodingError,
 )
+
+
+class HttpError(SourceError):
+    """A request that failed persistently; ``status`` is the last HTTP status (None: no response)."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class PageError(HttpError):
+    """A page after the first of a listing failed persistently: the listing is incomplete."""
+
+    def __init__(self, message: str, status: int | None = None, page: int = 2) -> None:
+        super().__init__(message, status)
+        self.page = page
 
 
 @dataclass(frozen=True)
@@ -190,12 +211,18 @@ class HttpClient:
         base, other = urlsplit(self.base_url), urlsplit(url)
         return urlunsplit((base.scheme, base.netloc, other.path, other.query, ""))
 
-    def error(self, method: str, url: str, detail: str) -> SourceError:
-        """A SourceError naming deployment, source, method and URL path (no query), secrets scrubbed."""
+    def error(self, method: str, url: str, detail: str, status: int | None = None) -> HttpError:
+        """An HttpError naming deployment, source, method and URL path (no query), secrets scrubbed."""
         path = urlsplit(url).path or "/"
-        return SourceError(
-            self.redact(f"deployment {self.deployment!r}, source {self.source!r}: {method} {path} failed: {detail}")
+        return HttpError(
+            self.redact(f"deployment {self.deployment!r}, source {self.source!r}: {method} {path} failed: {detail}"),
+            status,
         )
+
+    def reset_stats(self) -> None:
+        """Start counting afresh: one extract's counters must not include the previous day's."""
+        with self._lock:
+            self.stats = dict.fromkeys(self.stats, 0)
 
     def _count(self, key: str) -> None:
         with self._lock:
@@ -237,6 +264,7 @@ class HttpClient:
         authenticate: bool = True,
         expect: type | tuple[type, ...] | None = None,
         not_found_ok: bool = False,
+        retry_not_found: bool = False,
     ) -> tuple[Any, requests.Response]:
         """Send a request and parse its JSON body, retrying as described in the module doc.
 
@@ -244,12 +272,15 @@ class HttpClient:
         a body of another type is a SourceError, not silently treated as empty.
         ``not_found_ok`` turns a 404 into ``(None, response)``: for records that
         may legitimately vanish between listing and reading (a deleted project).
+        ``retry_not_found`` retries a 404 like a 5xx: the resource must exist.
         """
         url = self.url_for(path_or_url)
         settings = self.settings
         retries = 0
         renewed = False
+        status: int | None = None
         while True:
+            status = None
             headers = self.auth.headers() if (authenticate and self.auth) else {}
             for value in headers.values():
                 self.add_secret(value.split(" ", 1)[-1])  # "Bearer <token>" -> the token
@@ -278,7 +309,7 @@ class HttpClient:
                     else:
                         if expect is not None and not isinstance(body, expect):
                             raise self.error(
-                                method, url, f"HTTP {status} with an unexpected JSON {type(body).__name__}"
+                                method, url, f"HTTP {status} with an unexpected JSON {type(body).__name__}", status
                             )
                         return body, response
                 elif status == 401 and authenticate and self.auth is not None and self.auth.renewable and not renewed:
@@ -303,18 +334,21 @@ class HttpClient:
                             url,
                             f"{failure}; the server asks to wait {wait:.0f} s, more than the "
                             f"allowed {settings.max_rate_limit_wait_seconds:.0f} s",
+                            status,
                         )
+                elif status == 404 and retry_not_found:
+                    failure = "HTTP 404 Not Found"
                 elif status == 404 and not_found_ok:
                     return None, response
                 elif status >= 500:
                     failure = f"HTTP {status} {response.reason or ''}".rstrip()
                 else:
                     raise self.error(
-                        method, url, f"HTTP {status} {response.reason or ''}".rstrip() + self._hint(status)
+                        method, url, f"HTTP {status} {response.reason or ''}".rstrip() + self._hint(status), status
                     )
             retries += 1
             if retries > settings.max_retries:
-                raise self.error(method, url, f"{failure} after {retries} attempts")
+                raise self.error(method, url, f"{failure} after {retries} attempts", status)
             self._count("http_retries")
             if wait is None:
                 wait = self._backoff(retries)
@@ -353,8 +387,11 @@ class HttpClient:
         *,
         expect: type | tuple[type, ...] | None = None,
         not_found_ok: bool = False,
+        retry_not_found: bool = False,
     ) -> Any:
-        return self.request_json("GET", path_or_url, params=params, expect=expect, not_found_ok=not_found_ok)[0]
+        return self.request_json(
+            "GET", path_or_url, params=params, expect=expect, not_found_ok=not_found_ok, retry_not_found=retry_not_found
+        )[0]
 
     # -- paging ----------------------------------------------------------------
 
@@ -367,13 +404,18 @@ class HttpClient:
         drops them past 10,000 records and never sends them for commit listings.
         An empty ``x-next-page`` ends the listing. If the header is missing
         altogether (a proxy stripping it), a short page ends the listing instead.
-        With ``not_found_ok`` a 404 yields no pages at all.
+        With ``not_found_ok`` a 404 on the first page yields no pages at all
+        (the resource does not exist); on a later page a 404 is retried, and any
+        persistent failure there raises ``PageError``: never the end of the list.
         """
         page = 1
         base = list(params.items()) if isinstance(params, Mapping) else list(params or [])
         while True:
             query = base + [("page", page), ("per_page", per_page)]
-            items, response = self.request_json("GET", path, params=query, expect=list, not_found_ok=not_found_ok)
+            if page == 1:
+                items, response = self.request_json("GET", path, params=query, expect=list, not_found_ok=not_found_ok)
+            else:
+                items, response = self._later_page(path, query, page)
             if items is None:
                 return
             yield items
@@ -390,13 +432,27 @@ class HttpClient:
                 raise self.error("GET", self.url_for(path), f"bad x-next-page header {next_page!r} on page {page}")
             page = int(next_page)
 
+    def _later_page(self, path: str, query: Params, page: int) -> tuple[Any, requests.Response]:
+        try:
+            return self.request_json("GET", path, params=query, expect=list, retry_not_found=True)
+        except HttpError as exc:
+            raise PageError(f"{exc} (page {page} of the listing)", exc.status, page) from exc
+
     def iter_keyset_pages(self, path: str, params: Params) -> Iterator[list[Any]]:
-        """Pages of a keyset-paginated listing: follow ``Link: <...>; rel="next"`` until absent."""
+        """Pages of a keyset-paginated listing: follow ``Link: <...>; rel="next"`` until absent.
+
+        A 404 on a page after the first is retried; a persistent failure there is a ``PageError``.
+        """
         url: str | None = path
         query: Params = params
         seen: set[str] = set()
+        page = 1
         while url is not None:
-            items, response = self.request_json("GET", url, params=query, expect=list)
+            if page == 1:
+                items, response = self.request_json("GET", url, params=query, expect=list)
+            else:
+                items, response = self._later_page(url, query, page)
+            page += 1
             yield items
             next_link = response.links.get("next", {}).get("url")
             if not next_link:

@@ -267,6 +267,7 @@ class Source:
 
     def extract(self, window: TimeWindow) -> SourceResult:
         start_ms, end_ms = _to_ms(window.start), _to_ms(window.end)
+        self.client.reset_stats()  # this window's requests only
         records = self._read_window(window)
 
         events: dict[str, dict[str, Any]] = {}
