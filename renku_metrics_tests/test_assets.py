@@ -76,7 +76,7 @@ def test_single_run_backfill_of_several_weeks(tmp_path, where, request, monkeypa
     meta = materializations(weekly, "core_actions_weekly")[0].materialization.metadata
     assert meta["run_rows"].value == 3 * 3 * 4  # weeks x (2 deployments + all) x metrics
     assert meta["run_periods"].value == 3
-    assert "| demo |" in meta["run_latest_table"].value
+    assert "| 2025-03-10 | demo |" in meta["run_table"].value
     assert "dagster/row_count" not in meta and "demo/commit/users" not in meta
     # ...and each partition's own numbers are observations of that partition.
     observed = {
@@ -174,7 +174,7 @@ def test_malformed_records_counted_and_kept_aside(tmp_path, fixture_source):
     )
     root = str(tmp_path / "data")
     defs = build_defs(config=config, storage_root=root)
-    asset = defs.resolve_assets_def(AssetKey(["alpha", "raw_events"]))
+    asset = defs.resolve_assets_def(AssetKey(["raw_events", "alpha"]))
     result = materialize([asset], partition_key="2025-03-04")
     meta = result.get_asset_materialization_events()[0].materialization.metadata
     assert meta["dagster/row_count"].value == 1
@@ -194,7 +194,7 @@ def test_failing_source_keeps_previous_day_and_spares_other_deployments(tmp_path
     )
     root = str(tmp_path / "data")
     defs = build_defs(config=config, storage_root=root)
-    assets = [defs.resolve_assets_def(AssetKey([n, "raw_events"])) for n in ("alpha", "beta")]
+    assets = [defs.resolve_assets_def(AssetKey(["raw_events", n])) for n in ("alpha", "beta")]
     materialize(assets, partition_key="2025-03-04")
     before = open_storage(root).read_bytes("raw_events/deployment=alpha/date=2025-03-04/events.parquet")
 
@@ -206,7 +206,7 @@ def test_failing_source_keeps_previous_day_and_spares_other_deployments(tmp_path
         },
     )
     defs = build_defs(config=broken, storage_root=root)
-    assets = [defs.resolve_assets_def(AssetKey([n, "raw_events"])) for n in ("alpha", "beta")]
+    assets = [defs.resolve_assets_def(AssetKey(["raw_events", n])) for n in ("alpha", "beta")]
     result = materialize(assets, partition_key="2025-03-04", raise_on_error=False)
     assert not result.success
     failure = [e for e in result.all_events if e.is_step_failure][0]
@@ -214,7 +214,7 @@ def test_failing_source_keeps_previous_day_and_spares_other_deployments(tmp_path
         failure.event_specific_data.error
     )
     assert open_storage(root).read_bytes("raw_events/deployment=alpha/date=2025-03-04/events.parquet") == before
-    assert [e.asset_key for e in result.get_asset_materialization_events()] == [AssetKey(["beta", "raw_events"])]
+    assert [e.asset_key for e in result.get_asset_materialization_events()] == [AssetKey(["raw_events", "beta"])]
 
 
 def test_incomplete_source_window_fails_warning_check_and_marks_period(tmp_path, fixture_source):
@@ -234,7 +234,7 @@ def test_incomplete_source_window_fails_warning_check_and_marks_period(tmp_path,
     extract = run_range(defs, "alpha_daily_extract", "2025-03-03", "2025-03-09", instance)
     coverage = [c for c in extract.get_asset_check_evaluations() if c.check_name == "source_coverage"][0]
     assert not coverage.passed and coverage.severity.value == "WARN"
-    meta = materializations(extract, ["alpha", "raw_events"])[0].materialization.metadata
+    meta = materializations(extract, ["raw_events", "alpha"])[0].materialization.metadata
     assert meta["run_incomplete_days"].value == 1
     assert "expired" in meta["run_coverage_gaps"].value
     run_range(defs, "weekly_metrics", "2025-03-03", "2025-03-03", instance)

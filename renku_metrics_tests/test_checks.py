@@ -16,7 +16,7 @@ from renku_metrics.core.events import EVENT_SCHEMA, pseudonymize_user
 from renku_metrics.core.readers import read_metrics
 from renku_metrics.core.storage import LocalStorage
 from renku_metrics.definitions import build_defs
-from renku_metrics.defs.aggregates.assets import check_aggregate, evaluate_target
+from renku_metrics.defs.aggregates.checks import check_core, evaluate_target
 from renku_metrics.defs.raw_events.assets import count_violations
 
 from .helpers import ev, write_config
@@ -95,12 +95,9 @@ def config(tmp_path, fixture_source):
     )
 
 
-KEYS = ["deployment", "period_start", "metric"]
-
-
 def test_aggregate_checks_pass_on_good_rows(config):
     frame = pd.concat([aggregate_rows(), aggregate_rows(deployment="beta").iloc[[0]]], ignore_index=True)
-    results = check_aggregate(frame, config, KEYS)
+    results = check_core(frame, config)
     assert all(passed for passed, _ in results.values()), results
 
 
@@ -115,12 +112,12 @@ def test_aggregate_checks_pass_on_good_rows(config):
 )
 def test_aggregate_checks_fail_on_broken_rows(config, changes, broken):
     frame = pd.concat([aggregate_rows(**changes), aggregate_rows(deployment="beta").iloc[[0]]], ignore_index=True)
-    passed, meta = check_aggregate(frame, config, KEYS)[broken]
+    passed, meta = check_core(frame, config)[broken]
     assert not passed
 
 
 def test_missing_deployment_fails_check(config):
-    passed, meta = check_aggregate(aggregate_rows(), config, KEYS)["deployments_present"]
+    passed, meta = check_core(aggregate_rows(), config)["deployments_present"]
     assert not passed
     assert "beta" in meta["missing"].value
 

@@ -26,8 +26,8 @@ def test_module_level_defs_load():
 def test_asset_keys_snapshot():
     keys = {k.to_user_string() for k in shipped_defs().resolve_asset_graph().get_all_asset_keys()}
     expected = {
-        "demo/raw_events",
-        "demo_small/raw_events",
+        "raw_events/demo",
+        "raw_events/demo_small",
         "active_users_weekly",
         "active_users_monthly",
         "core_actions_weekly",
@@ -62,7 +62,7 @@ def test_partitions_weeks_start_monday_and_checks_exist():
     keys = weekly.get_partition_keys()
     assert all(__import__("datetime").date.fromisoformat(k).weekday() == 0 for k in keys)
     assert keys[0] == "2024-12-30"  # the ISO week containing the earliest start date, 2025-01-01
-    raw = graph.get(AssetKey(["demo_small", "raw_events"])).partitions_def
+    raw = graph.get(AssetKey(["raw_events", "demo_small"])).partitions_def
     assert raw.get_partition_keys()[0] == "2025-06-01"
     checks = {(c.asset_key.to_user_string(), c.name) for c in graph.asset_check_keys}
     for name in (
@@ -72,13 +72,20 @@ def test_partitions_weeks_start_monday_and_checks_exist():
         "no_personal_data",
         "source_coverage",
     ):
-        assert ("demo/raw_events", name) in checks
-    for asset in ("core_actions_weekly", "active_users_monthly"):
+        assert ("raw_events/demo", name) in checks
+    for asset in ("core_actions_weekly", "core_actions_monthly"):
         for name in ("users_within_active_users", "pct_within_0_100", "one_row_per_key", "deployments_present"):
             assert (asset, name) in checks
+    # The denominator has its own checks: none of them about metrics or pct.
+    for asset in ("active_users_weekly", "active_users_monthly"):
+        for name in ("active_users_consistent", "one_row_per_key", "deployments_present"):
+            assert (asset, name) in checks
+        assert (asset, "pct_within_0_100") not in checks and (asset, "users_within_active_users") not in checks
+    for asset in ("active_users_weekly", "core_actions_weekly", "active_users_monthly", "core_actions_monthly"):
+        assert (asset, "coverage_complete") in checks and (asset, "days_extracted") in checks
     assert ("core_actions_monthly", "target_commit_all_pct_ge_30") in checks
     assert ("core_actions_weekly", "target_commit_all_users_ge_100") in checks
-    assert any(asset == "demo/raw_events" and "freshness" in name for asset, name in checks)
+    assert any(asset == "raw_events/demo" and "freshness" in name for asset, name in checks)
     assert any(asset == "core_actions_weekly" and "freshness" in name for asset, name in checks)
 
 

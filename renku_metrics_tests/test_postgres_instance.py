@@ -24,7 +24,7 @@ def test_materialize_with_postgres_instance(tmp_path, postgres_db, monkeypatch):
     monkeypatch.setenv("DAGSTER_HOME", str(home))
 
     defs = build_defs(config=load_config(REPO / "deployments.yaml", env={}), storage_root=str(tmp_path / "data"))
-    asset = defs.resolve_assets_def(AssetKey(["demo", "raw_events"]))
+    asset = defs.resolve_assets_def(AssetKey(["raw_events", "demo"]))
     with DagsterInstance.get() as instance:
         assert type(instance.run_storage).__name__ == "PostgresRunStorage"
         assert type(instance.event_log_storage).__name__ == "PostgresEventLogStorage"
@@ -35,7 +35,7 @@ def test_materialize_with_postgres_instance(tmp_path, postgres_db, monkeypatch):
         assert instance.get_concurrency_config().pool_config.default_pool_limit == 1
         result = materialize([asset], partition_key="2025-03-04", instance=instance)
         assert result.success
-        record = instance.get_latest_materialization_event(AssetKey(["demo", "raw_events"]))
+        record = instance.get_latest_materialization_event(AssetKey(["raw_events", "demo"]))
         assert record.asset_materialization.partition == "2025-03-04"
 
     # The run really is in PostgreSQL.

@@ -30,6 +30,7 @@ class DeploymentCoverage:
     event_keys: list[str]
     incomplete_sources: list[str] = field(default_factory=list)  # "YYYY-MM-DD source: note"
     history_starts_inside: bool = False
+    missing_days: list[dt.date] = field(default_factory=list)  # days already over but not extracted
 
     def is_complete(self, period_ended: bool) -> bool:
         return (
@@ -65,9 +66,10 @@ def coverage_from_days(
     """Coverage of the period [start, end) from the statuses of the extracted days."""
     first = max(start, deployment.start_date)
     last = min(end, today)  # days from today on cannot have been extracted yet
-    keys, incomplete, extracted = [], [], 0
+    keys, incomplete, extracted, missing = [], [], 0, []
     for day in days_between(first, last) if first < last else []:
         if day not in days:
+            missing.append(day)
             continue
         has_events, notes = days[day]
         extracted += 1
@@ -81,6 +83,7 @@ def coverage_from_days(
         event_keys=keys,
         incomplete_sources=incomplete,
         history_starts_inside=deployment.start_date > start and not deployment.launched_on_start_date,
+        missing_days=missing,
     )
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 
-from dagster import DefaultSensorStatus, Definitions, build_sensor_for_freshness_checks
+from dagster import DefaultSensorStatus, Definitions, build_sensor_for_freshness_checks, in_process_executor
 
 from renku_metrics.core.catalog import Catalog, load_catalog
 from renku_metrics.core.config import MetricsConfig, load_config
@@ -48,7 +48,7 @@ def build_defs(
         schedules.append(schedule)
     checks = [
         *build_raw_events_freshness_checks([a.key for a in raw_assets]),
-        *build_weekly_freshness_checks([a.key for a in [*weekly, *engagement["week"]]]),
+        *build_weekly_freshness_checks([k for a in [*weekly, *engagement["week"]] for k in a.keys]),
     ]
     return Definitions(
         assets=[*raw_assets, *weekly, *monthly, *engagement["week"], *engagement["month"]],
@@ -61,4 +61,7 @@ def build_defs(
             )
         ],
         resources={"metrics_storage": MetricsStorageResource(root=storage_root)},
+        # Every run executes its steps in the run's own process: a backfill runs one period
+        # per run, and a subprocess per step would multiply each run's start-up cost.
+        executor=in_process_executor,
     )

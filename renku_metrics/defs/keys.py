@@ -16,7 +16,7 @@ def core_actions_name(period: str) -> str:
 
 
 def raw_events_asset_key(deployment: str) -> AssetKey:
-    return AssetKey([deployment, "raw_events"])
+    return AssetKey(["raw_events", deployment])
 
 
 def raw_events_deps(deployments) -> list[AssetDep]:

@@ -1,15 +1,21 @@
 """Weekly and monthly aggregates: the active-users denominator and the core actions.
 
 Assets (each partitioned by period, every deployment in one partition, plus the
-``all`` rollup):
+``all`` rollup), computed together by one multi-asset step per period:
 
 * ``active_users_weekly`` / ``active_users_monthly``: distinct active users.
 * ``core_actions_weekly`` / ``core_actions_monthly``: per deployment and
-  catalog metric, distinct users, the period's active users (read from the
-  denominator asset of the same period) and ``pct``.
+  catalog metric, distinct users, the period's active users and ``pct``.
+
+Both tables of a period come from the same scan of the raw events
+(``aggregate_period``), so they can never disagree, and a rerun after a crash
+rewrites both. Selecting either asset materializes both.
 
 Each period is one Parquet object under ``metrics/<asset>/period=YYYY-MM-DD/``,
-replaced whole on a rerun.
+replaced whole on a rerun. A backfill launches one run per period
+(``BackfillPolicy.multi_run(1)``), so that every partition's materialization
+carries its own period's numbers (Dagster attaches a run's metadata to every
+partition the run covers).
 """
 
 import datetime as dt
@@ -18,24 +24,32 @@ import pandas as pd
 from dagster import (
     AssetCheckResult,
     AssetCheckSpec,
-    AssetDep,
     AssetExecutionContext,
     AssetKey,
     AssetsDefinition,
-    BackfillPolicy,
+    AssetSpec,
     MaterializeResult,
     MetadataValue,
-    asset,
+    multi_asset,
 )
 
 from renku_metrics.core.aggregate import PeriodAggregate, aggregate_period
 from renku_metrics.core.catalog import Catalog, metric_description
 from renku_metrics.core.config import MetricsConfig
 from renku_metrics.core.layout import metrics_key
+from renku_metrics.core.periods import period_bounds
 from renku_metrics.core.storage import Storage
-from renku_metrics.defs.aggregates.checks import AGGREGATE_CHECKS, check_aggregate, evaluate_target, target_checks
+from renku_metrics.defs.aggregates.checks import (
+    ACTIVE_CHECKS,
+    CORE_CHECKS,
+    check_active,
+    check_core,
+    check_coverage,
+    evaluate_target,
+    target_checks,
+)
 from renku_metrics.defs.keys import OWNERS, active_users_name, core_actions_name, raw_events_deps
-from renku_metrics.defs.metadata import partition_metadata
+from renku_metrics.defs.metadata import PER_PERIOD_BACKFILL, partition_metadata
 from renku_metrics.defs.partitions import period_partitions, period_starts
 from renku_metrics.defs.resources import MetricsStorageResource
 
@@ -48,24 +62,27 @@ def _fmt_pct(value) -> str:
 
 def _markdown_core(frame: pd.DataFrame) -> str:
     metrics = list(dict.fromkeys(frame["metric"]))
-    lines = ["| deployment | active | " + " | ".join(metrics) + " | complete |", "|" + " --- |" * (len(metrics) + 3)]
-    for deployment, rows in frame.groupby("deployment", sort=False):
+    lines = [
+        "| period | deployment | active users | " + " | ".join(f"{m} users (pct)" for m in metrics) + " | complete |",
+        "|" + " --- |" * (len(metrics) + 4),
+    ]
+    for (period_start, deployment), rows in frame.groupby(["period_start", "deployment"], sort=False):
         by_metric = rows.set_index("metric")
         cells = " | ".join(f"{int(by_metric.loc[m, 'users'])} ({_fmt_pct(by_metric.loc[m, 'pct'])})" for m in metrics)
         complete = "yes" if rows["complete"].all() else "no: " + rows["coverage_note"].iloc[0]
-        lines.append(f"| {deployment} | {int(rows['active_users'].iloc[0])} | {cells} | {complete} |")
+        lines.append(f"| {period_start} | {deployment} | {int(rows['active_users'].iloc[0])} | {cells} | {complete} |")
     return "\n".join(lines)
 
 
 def _markdown_active(frame: pd.DataFrame) -> str:
     lines = [
-        "| deployment | active users | excluded users | days extracted | complete |",
-        "| --- | --- | --- | --- | --- |",
+        "| period | deployment | active users | excluded users | days extracted | complete |",
+        "| --- | --- | --- | --- | --- | --- |",
     ]
     for r in frame.itertuples():
         complete = "yes" if r.complete else f"no: {r.coverage_note}"
         lines.append(
-            f"| {r.deployment} | {r.active_users} | {r.excluded_users} | {r.days_extracted}/{r.days_expected} | {complete} |"
+            f"| {r.period_start} | {r.deployment} | {r.active_users} | {r.excluded_users} | {r.days_extracted}/{r.days_expected} | {complete} |"
         )
     return "\n".join(lines)
 
@@ -73,6 +90,7 @@ def _markdown_active(frame: pd.DataFrame) -> str:
 def _active_metadata(storage: Storage, table: str, frame: pd.DataFrame) -> dict:
     """Exact figures of one period (one partition) of the denominator."""
     meta = {
+        "period": str(frame["period_start"].iloc[0]),
         "dagster/row_count": len(frame),
         "dagster/uri": MetadataValue.path(storage.uri(metrics_key(table, frame["period_start"].iloc[0]))),
         "table": MetadataValue.md(_markdown_active(frame)),
@@ -86,11 +104,14 @@ def _active_metadata(storage: Storage, table: str, frame: pd.DataFrame) -> dict:
 def _core_metadata(storage: Storage, table: str, frame: pd.DataFrame) -> dict:
     """Exact figures of one period (one partition) of the core actions: the numbers the UI plots."""
     meta = {
+        "period": str(frame["period_start"].iloc[0]),
         "dagster/row_count": len(frame),
         "dagster/uri": MetadataValue.path(storage.uri(metrics_key(table, frame["period_start"].iloc[0]))),
         "table": MetadataValue.md(_markdown_core(frame)),
         "complete": bool(frame["complete"].all()),
     }
+    for r in frame.drop_duplicates("deployment").itertuples():
+        meta[f"{r.deployment}/active_users"] = int(r.active_users)
     for r in frame.itertuples():
         meta[f"{r.deployment}/{r.metric}/users"] = int(r.users)
         if not pd.isna(r.pct):
@@ -99,25 +120,30 @@ def _core_metadata(storage: Storage, table: str, frame: pd.DataFrame) -> dict:
 
 
 def _run_summary(frames: list[pd.DataFrame], markdown) -> dict:
-    """What is true of a whole range run: periods covered and the latest period's table."""
-    last = frames[-1]
+    """What is true of a whole range run: periods covered and every period's rows in one table
+    (each partition's own numbers are observations of that partition)."""
     return {
         "run_periods": len(frames),
         "run_first_period": str(frames[0]["period_start"].iloc[0]),
-        "run_last_period": str(last["period_start"].iloc[0]),
+        "run_last_period": str(frames[-1]["period_start"].iloc[0]),
         "run_rows": sum(len(f) for f in frames),
-        "run_latest_table": MetadataValue.md(markdown(last)),
+        "run_table": MetadataValue.md(markdown(pd.concat(frames, ignore_index=True))),
     }
 
 
-def _check_results(frame: pd.DataFrame, config: MetricsConfig, keys: list[str]) -> list[AssetCheckResult]:
+def _check_results(key: AssetKey, results: dict[str, tuple[bool, dict]]) -> list[AssetCheckResult]:
     return [
-        AssetCheckResult(check_name=name, passed=bool(passed), metadata=meta)
-        for name, (passed, meta) in check_aggregate(frame, config, keys).items()
+        AssetCheckResult(asset_key=key, check_name=name, passed=bool(passed), metadata=meta)
+        for name, (passed, meta) in results.items()
     ]
 
 
+def _specs(key: AssetKey, checks: dict[str, tuple[str, bool]]) -> list[AssetCheckSpec]:
+    return [AssetCheckSpec(n, asset=key, description=t, blocking=b) for n, (t, b) in checks.items()]
+
+
 def build_metric_assets(config: MetricsConfig, catalog: Catalog, period: str) -> list[AssetsDefinition]:
+    """The period's multi-asset (denominator and core actions from one scan)."""
     partitions = period_partitions(period, config.earliest_start)
     raw_deps = raw_events_deps(config.deployments)
     unit = (
@@ -129,125 +155,146 @@ def build_metric_assets(config: MetricsConfig, catalog: Catalog, period: str) ->
     core_key = AssetKey(core_actions_name(period))
     gaps = "\n".join(metric_description(m) for m in catalog.computed())
     targets = target_checks(catalog, period)
+    together = (
+        "Computed in the same step and from the same scan as `{other}`, so the two never disagree; "
+        "materializing one materializes both. A backfill runs one period per run, so each partition's "
+        "metadata (its table and the numbers plotted in the Plots tab) is its own period's."
+    )
 
-    @asset(
-        key=active_key,
+    @multi_asset(
+        name=f"aggregate_{active_key.path[-1].split('_')[-1]}",
+        specs=[
+            AssetSpec(
+                active_key,
+                deps=raw_deps,
+                group_name=GROUP,
+                owners=OWNERS,
+                kinds={"duckdb", "parquet"},
+                description=(
+                    f"The denominator: distinct active users per deployment and {unit}, plus the `all` rollup. "
+                    "Active = at least one event of any kind (login, commit, dataset creation, workflow run, "
+                    "session start), after each deployment's excluded_users. Columns: deployment, period, "
+                    "period_start, period_end, active_users, excluded_users, days_expected, days_extracted, "
+                    "complete, coverage_note, computed_at. Cannot see: users whose only activity is invisible "
+                    "to every source (local CLI work never pushed, local sessions); logins lost to Keycloak's "
+                    "event expiration (marked incomplete). " + together.format(other=core_key.path[-1])
+                ),
+            ),
+            AssetSpec(
+                core_key,
+                deps=raw_deps,
+                group_name=GROUP,
+                owners=OWNERS,
+                kinds={"duckdb", "parquet"},
+                description=(
+                    f"Core-action metrics per deployment, catalog metric and {unit}, plus the `all` rollup: "
+                    "distinct users who did the action at least once (`users`), the period's active users and "
+                    "`pct` = 100 * users / active users (null when nobody was active). `complete` is false "
+                    "until the period has ended and all its days were extracted in full; never present "
+                    "incomplete rows as final. "
+                    + together.format(other=active_key.path[-1])
+                    + "\n\nMetrics and what they cannot see:\n\n"
+                    + gaps
+                ),
+            ),
+        ],
         partitions_def=partitions,
-        deps=raw_deps,
-        backfill_policy=BackfillPolicy.single_run(),
-        group_name=GROUP,
-        owners=OWNERS,
-        kinds={"duckdb", "parquet"},
-        description=(
-            f"The denominator: distinct active users per deployment and {unit}, plus the `all` rollup. "
-            "Active = at least one event of any kind (login, commit, dataset creation, workflow run, session start), "
-            "after each deployment's excluded_users. Columns: deployment, period, period_start, period_end, "
-            "active_users, excluded_users, days_expected, days_extracted, complete, coverage_note, computed_at. "
-            "Cannot see: users whose only activity is invisible to every source (local CLI work never pushed, "
-            "local sessions); logins lost to Keycloak's event expiration (marked incomplete)."
-        ),
+        backfill_policy=PER_PERIOD_BACKFILL,
+        can_subset=False,
         check_specs=[
-            AssetCheckSpec(n, asset=active_key, description=t, blocking=b) for n, (t, b) in AGGREGATE_CHECKS.items()
+            *_specs(active_key, ACTIVE_CHECKS),
+            *_specs(core_key, CORE_CHECKS),
+            *[
+                AssetCheckSpec(
+                    name, asset=core_key, description=f"Target of {metric.id}: {target.describe()} (warning only)."
+                )
+                for name, metric, target in targets
+            ],
         ],
     )
-    def active_users(context: AssetExecutionContext, metrics_storage: MetricsStorageResource) -> MaterializeResult:
+    def aggregate(context: AssetExecutionContext, metrics_storage: MetricsStorageResource):
         storage = metrics_storage.get_storage()
-        frames = []
+        now = dt.datetime.now(dt.timezone.utc)
+        today = now.date()
+        active_frames, core_frames, coverage = [], [], []
         for start in period_starts(context, period):
-            result = aggregate_period(
-                storage, config.deployments, catalog, period, start, dt.datetime.now(dt.timezone.utc)
-            )
+            result = aggregate_period(storage, config.deployments, catalog, period, start, now)
+            core = with_denominator(result)
+            # Denominator first: a crash in between leaves the core table of the previous
+            # run, which a rerun (same scan for both) replaces.
             storage.write_frame(metrics_key(active_key.path[-1], start), result.active_users)
-            frames.append(result.active_users)
-        frame = pd.concat(frames, ignore_index=True)
-        meta = partition_metadata(
+            storage.write_frame(metrics_key(core_key.path[-1], start), core)
+            active_frames.append(result.active_users)
+            core_frames.append(core)
+            coverage.append((start, today >= period_bounds(period, start)[1], result.coverage))
+        active = pd.concat(active_frames, ignore_index=True)
+        core = pd.concat(core_frames, ignore_index=True)
+        covered = check_coverage(coverage)
+        active_checks = _check_results(active_key, check_active(active, config))
+        core_checks = _check_results(core_key, check_core(core, config))
+        for key, checks in ((active_key, active_checks), (core_key, core_checks)):
+            for res in covered.values():
+                checks.append(
+                    AssetCheckResult(
+                        asset_key=key,
+                        check_name=res.check_name,
+                        passed=res.passed,
+                        severity=res.severity,
+                        metadata=res.metadata,
+                    )
+                )
+        for name, metric, target in targets:
+            res = evaluate_target(name, core, metric, target, today)
+            core_checks.append(
+                AssetCheckResult(
+                    asset_key=core_key,
+                    check_name=name,
+                    passed=res.passed,
+                    severity=res.severity,
+                    metadata=res.metadata,
+                )
+            )
+        active_meta = partition_metadata(
             context,
             active_key,
-            {str(f["period_start"].iloc[0]): _active_metadata(storage, active_key.path[-1], f) for f in frames},
-            _run_summary(frames, _markdown_active),
+            {str(f["period_start"].iloc[0]): _active_metadata(storage, active_key.path[-1], f) for f in active_frames},
+            _run_summary(active_frames, _markdown_active),
         )
-        return MaterializeResult(
-            metadata=meta, check_results=_check_results(frame, config, ["deployment", "period_start"])
-        )
-
-    @asset(
-        key=core_key,
-        partitions_def=partitions,
-        deps=[*raw_deps, AssetDep(active_key)],
-        backfill_policy=BackfillPolicy.single_run(),
-        group_name=GROUP,
-        owners=OWNERS,
-        kinds={"duckdb", "parquet"},
-        description=(
-            f"Core-action metrics per deployment, catalog metric and {unit}, plus the `all` rollup: distinct users "
-            "who did the action at least once (`users`), the period's active users (from "
-            f"`{active_key.path[-1]}`) and `pct` = 100 * users / active users (null when nobody was active). "
-            "`complete` is false until the period has ended and all its days were extracted in full; never "
-            "present incomplete rows as final.\n\nMetrics and what they cannot see:\n" + gaps
-        ),
-        check_specs=[
-            AssetCheckSpec(n, asset=core_key, description=t, blocking=b) for n, (t, b) in AGGREGATE_CHECKS.items()
-        ]
-        + [
-            AssetCheckSpec(
-                name, asset=core_key, description=f"Target of {metric.id}: {target.describe()} (warning only)."
-            )
-            for name, metric, target in targets
-        ],
-    )
-    def core_actions(context: AssetExecutionContext, metrics_storage: MetricsStorageResource) -> MaterializeResult:
-        storage = metrics_storage.get_storage()
-        frames = []
-        for start in period_starts(context, period):
-            result = aggregate_period(
-                storage, config.deployments, catalog, period, start, dt.datetime.now(dt.timezone.utc)
-            )
-            frame = join_denominator(storage, result, active_key.path[-1], start)
-            storage.write_frame(metrics_key(core_key.path[-1], start), frame)
-            frames.append(frame)
-        frame = pd.concat(frames, ignore_index=True)
-        meta = partition_metadata(
+        core_meta = partition_metadata(
             context,
             core_key,
-            {str(f["period_start"].iloc[0]): _core_metadata(storage, core_key.path[-1], f) for f in frames},
-            _run_summary(frames, _markdown_core),
+            {str(f["period_start"].iloc[0]): _core_metadata(storage, core_key.path[-1], f) for f in core_frames},
+            _run_summary(core_frames, _markdown_core),
         )
-        checks = _check_results(frame, config, ["deployment", "period_start", "metric"])
-        today = dt.datetime.now(dt.timezone.utc).date()
-        for name, metric, target in targets:
-            checks.append(evaluate_target(name, frame, metric, target, today))
-        return MaterializeResult(metadata=meta, check_results=checks)
+        yield MaterializeResult(asset_key=active_key, metadata=active_meta, check_results=active_checks)
+        yield MaterializeResult(asset_key=core_key, metadata=core_meta, check_results=core_checks)
 
-    return [active_users, core_actions]
+    return [aggregate]
 
 
-def join_denominator(storage: Storage, result: PeriodAggregate, active_table: str, start: dt.date) -> pd.DataFrame:
-    """Core-action rows with active users and pct taken from the stored denominator of the period."""
-    key = metrics_key(active_table, start)
-    if not storage.exists(key):
-        raise RuntimeError(f"{storage.uri(key)} is missing: materialize {active_table} for {start} first")
-    denominator = storage.read_parquet(key).to_pandas()[["deployment", "active_users", "complete", "coverage_note"]]
+_CORE_COLUMNS = [
+    "deployment",
+    "period",
+    "period_start",
+    "period_end",
+    "metric",
+    "title",
+    "status",
+    "users",
+    "active_users",
+    "pct",
+    "complete",
+    "coverage_note",
+    "computed_at",
+]
+
+
+def with_denominator(result: PeriodAggregate) -> pd.DataFrame:
+    """Core-action rows whose active users, pct and completeness are the denominator's of the same scan."""
+    denominator = result.active_users[["deployment", "active_users", "complete", "coverage_note"]]
     core = result.core_actions.drop(columns=["active_users", "complete", "coverage_note"]).merge(
         denominator, on="deployment", how="left", validate="many_to_one"
     )
-    if core["active_users"].isna().any():
-        missing = sorted(core.loc[core["active_users"].isna(), "deployment"].unique())
-        raise RuntimeError(f"{storage.uri(key)} has no row for deployment(s) {missing}: rematerialize {active_table}")
     core["active_users"] = core["active_users"].astype("int64")
     core["pct"] = (100.0 * core["users"] / core["active_users"]).where(core["active_users"] > 0).round(2)
-    columns = [
-        "deployment",
-        "period",
-        "period_start",
-        "period_end",
-        "metric",
-        "title",
-        "status",
-        "users",
-        "active_users",
-        "pct",
-        "complete",
-        "coverage_note",
-        "computed_at",
-    ]
-    return core[columns]
+    return core[_CORE_COLUMNS]

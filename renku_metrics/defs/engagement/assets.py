@@ -9,14 +9,15 @@
 
 Definitions are in ``renku_metrics.core.engagement`` and docs/engagement.md. Each
 period is one Parquet object under ``metrics/<asset>/period=YYYY-MM-DD/``,
-replaced whole on a rerun. Like the other aggregates, a run over a range of
-partitions is a single run (one history scan for the whole range).
+replaced whole on a rerun. Like the other aggregates, a backfill runs one
+period per run, so each partition's materialization carries its own numbers (a
+run that covers a range, e.g. from the CLI, records them as observations).
 
 Retention rows only become final when W+8 has ended, so a run for cohort weeks
 [a, b] also recomputes the 8 cohorts before ``a`` (whose later weeks have just
-been filled in) and records a materialization for each of them: the weekly
-schedule, which runs the week just ended, thereby keeps every open cohort
-current.
+been filled in) and records a materialization for each of them, with that
+cohort's own table and numbers: the weekly schedule, which runs the week just
+ended, thereby keeps every open cohort current.
 """
 
 import datetime as dt
@@ -30,7 +31,6 @@ from dagster import (
     AssetKey,
     AssetMaterialization,
     AssetsDefinition,
-    BackfillPolicy,
     MaterializeResult,
     MetadataValue,
     asset,
@@ -48,7 +48,7 @@ from renku_metrics.defs.engagement.checks import (
     check_stickiness,
 )
 from renku_metrics.defs.keys import OWNERS, raw_events_deps
-from renku_metrics.defs.metadata import partition_metadata
+from renku_metrics.defs.metadata import PER_PERIOD_BACKFILL, partition_metadata
 from renku_metrics.defs.partitions import period_partitions, period_starts
 from renku_metrics.defs.resources import MetricsStorageResource
 
@@ -75,13 +75,14 @@ def _complete_cell(row) -> str:
 
 def markdown_lifecycle(frame: pd.DataFrame) -> str:
     lines = [
-        "| deployment | active | new | returning | resurrected | dormant | quick ratio | history complete | complete |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| period | deployment | active | new | returning | resurrected | dormant | quick ratio | history complete "
+        "| complete |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in frame.itertuples():
         quick = "-" if pd.isna(r.quick_ratio) else f"{r.quick_ratio:.2f}"
         lines.append(
-            f"| {r.deployment} | {r.active_users} | {r.new_users} | {r.returning_users} | {r.resurrected_users} "
+            f"| {r.period_start} | {r.deployment} | {r.active_users} | {r.new_users} | {r.returning_users} | {r.resurrected_users} "
             f"| {r.dormant_users} | {quick} | {'yes' if r.history_complete else 'no'} | {_complete_cell(r)} |"
         )
     return "\n".join(lines)
@@ -92,14 +93,14 @@ def markdown_stickiness(frame: pd.DataFrame) -> str:
         return "-" if pd.isna(v) else f"{100 * v:.1f}%"
 
     lines = [
-        "| deployment | MAU | mean WAU (weeks) | WAU/MAU | mean DAU (days) | DAU/MAU | complete |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        "| period | deployment | MAU | mean WAU (weeks) | WAU/MAU | mean DAU (days) | DAU/MAU | complete |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in frame.itertuples():
         wau = "-" if pd.isna(r.mean_weekly_active_users) else f"{r.mean_weekly_active_users:.1f}"
         dau = "-" if pd.isna(r.mean_daily_active_users) else f"{r.mean_daily_active_users:.1f}"
         lines.append(
-            f"| {r.deployment} | {r.monthly_active_users} | {wau} ({r.weeks}) | {ratio(r.wau_mau)} "
+            f"| {r.period_start} | {r.deployment} | {r.monthly_active_users} | {wau} ({r.weeks}) | {ratio(r.wau_mau)} "
             f"| {dau} ({r.days}) | {ratio(r.dau_mau)} | {_complete_cell(r)} |"
         )
     return "\n".join(lines)
@@ -181,7 +182,7 @@ def _build(
         key=key,
         partitions_def=partitions,
         deps=deps,
-        backfill_policy=BackfillPolicy.single_run(),
+        backfill_policy=PER_PERIOD_BACKFILL,
         group_name=GROUP,
         owners=OWNERS,
         kinds={"duckdb", "parquet"},
@@ -199,38 +200,34 @@ def _build(
         frame = compute(storage, [*extra, *requested], now)
         for start, rows in frame.groupby("period_start", sort=True):
             storage.write_frame(metrics_key(name, start), rows.reset_index(drop=True))
-        for start in extra:
+
+        def own(start: dt.date) -> dict:
             rows = frame[frame["period_start"] == start]
-            context.log_event(
-                AssetMaterialization(
-                    asset_key=key,
-                    partition=start.isoformat(),
-                    description=f"Refreshed by the run for {requested[0]}..{requested[-1]}: its later weeks have ended since.",
-                    metadata={
-                        "dagster/row_count": len(rows),
-                        "dagster/uri": MetadataValue.path(storage.uri(metrics_key(name, start))),
-                        "table": MetadataValue.md(markdown(rows)),
-                        "complete": bool(rows["complete"].all()),
-                    },
-                )
-            )
-        shown = sorted(frame["period_start"].unique())[-(1 + refresh_before) :]
-        per_period = {}
-        for start in requested:
-            rows = frame[frame["period_start"] == start]
-            per_period[start.isoformat()] = {
+            return {
+                "period": start.isoformat(),
                 "dagster/row_count": len(rows),
                 "dagster/uri": MetadataValue.path(storage.uri(metrics_key(name, start))),
                 "table": MetadataValue.md(markdown(rows)),
                 "complete": bool(rows["complete"].all()),
                 **headline(rows, rows),
             }
+
+        for start in extra:
+            context.log_event(
+                AssetMaterialization(
+                    asset_key=key,
+                    partition=start.isoformat(),
+                    description=f"Refreshed by the run for {requested[0]}..{requested[-1]}: its later weeks have ended since.",
+                    metadata=own(start),
+                )
+            )
+        per_period = {start.isoformat(): own(start) for start in requested}
         summary = {
             "run_periods": len(requested),
             "run_first_period": requested[0].isoformat(),
             "run_last_period": requested[-1].isoformat(),
             "run_rows": int((frame["period_start"] >= requested[0]).sum()),
-            "run_latest_table": MetadataValue.md(markdown(frame[frame["period_start"].isin(shown)])),
+            "run_table": MetadataValue.md(markdown(frame[frame["period_start"] >= requested[0]])),
         }
         if extra:
             summary["refreshed_cohorts"] = f"{extra[0]}..{extra[-1]}"

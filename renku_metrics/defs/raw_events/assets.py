@@ -1,6 +1,6 @@
 """Per-deployment raw event extracts: one daily-partitioned asset per deployment.
 
-Key ``[<deployment>, "raw_events"]``. Each UTC day is its own Parquet object;
+Key ``["raw_events", <deployment>]`` (shown as ``raw_events/<deployment>``). Each UTC day is its own Parquet object;
 rerunning a day replaces it. A single-run backfill policy makes a year's backfill
 one run that loops over the days (Dagster cannot attach per-partition metadata in
 such a run: its metadata summarises the range, and each day's exact figures are

@@ -1,0 +1,193 @@
+"""What the UI shows per partition: one run per period, each partition's own numbers;
+one step for a period's denominator and core actions; coverage checks that fail."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+from dagster import AssetKey, AssetRecordsFilter, AssetSelection, DagsterInstance
+
+from renku_metrics.core.readers import read_active_users, read_metrics
+from renku_metrics.definitions import build_defs
+from renku_metrics.defs.metadata import PER_PERIOD_BACKFILL
+
+from .helpers import ev, write_config
+from .test_assets import QUIET, demo_config, run_range
+
+WEEKS = ["2025-03-03", "2025-03-10", "2025-03-17"]
+
+
+def latest_metadata(instance, key, partition):
+    records = instance.fetch_materializations(
+        AssetRecordsFilter(asset_key=AssetKey(key), asset_partitions=[partition]), limit=1
+    ).records
+    assert records, (key, partition)
+    return records[0].asset_materialization.metadata
+
+
+def test_aggregate_and_engagement_assets_backfill_one_period_per_run():
+    defs = build_defs()
+    graph = defs.resolve_asset_graph()
+    for key in ("active_users_weekly", "core_actions_weekly", "core_actions_monthly", "retention_weekly"):
+        policy = graph.get(AssetKey(key)).backfill_policy
+        assert policy == PER_PERIOD_BACKFILL and policy.max_partitions_per_run == 1, key
+
+
+def test_per_period_runs_give_every_partition_its_own_numbers(tmp_path):
+    root = str(tmp_path / "data")
+    defs = build_defs(config=demo_config(tmp_path), storage_root=root)
+    instance = DagsterInstance.ephemeral()
+    for name in ("demo", "demo_small"):
+        assert run_range(defs, f"{name}_daily_extract", "2025-03-03", "2025-03-23", instance).success
+    job = defs.resolve_job_def("weekly_metrics")
+    for week in WEEKS:  # what a UI backfill of these three weeks launches
+        assert job.execute_in_process(instance=instance, partition_key=week, run_config=QUIET).success
+
+    metrics = read_metrics("week", storage=root)
+    active = read_active_users("week", storage=root)
+    for week in WEEKS:
+        day = dt.date.fromisoformat(week)
+        core = latest_metadata(instance, "core_actions_weekly", week)
+        rows = metrics[metrics["period_start"] == day]
+        assert core["period"].value == week
+        assert f"| {week} | demo |" in core["table"].value
+        assert not any(w in core["table"].value for w in WEEKS if w != week)
+        for r in rows.itertuples():
+            assert core[f"{r.deployment}/{r.metric}/users"].value == r.users
+            assert core[f"{r.deployment}/{r.metric}/pct"].value == pytest.approx(r.pct)
+            assert core[f"{r.deployment}/active_users"].value == r.active_users
+        denominator = latest_metadata(instance, "active_users_weekly", week)
+        for r in active[active["period_start"] == day].itertuples():
+            assert denominator[f"{r.deployment}/active_users"].value == r.active_users
+        for key in ("lifecycle_weekly", "retention_weekly"):
+            own = latest_metadata(instance, key, week)
+            assert own["period"].value == week and f"| {week} | demo |" in own["table"].value
+    # The weeks differ, so equal metadata across partitions would be caught above.
+    per_week = metrics.sort_values(["deployment", "metric"]).groupby("period_start")["users"].apply(tuple)
+    assert per_week.nunique() == 3
+
+
+def test_refreshed_retention_cohorts_carry_their_own_numbers(tmp_path):
+    root = str(tmp_path / "data")
+    defs = build_defs(config=demo_config(tmp_path), storage_root=root)
+    instance = DagsterInstance.ephemeral()
+    for name in ("demo", "demo_small"):
+        run_range(defs, f"{name}_daily_extract", "2025-03-03", "2025-03-23", instance)
+    job = defs.resolve_job_def("weekly_metrics")
+    job.execute_in_process(instance=instance, partition_key="2025-03-03", run_config=QUIET)
+    job.execute_in_process(instance=instance, partition_key="2025-03-17", run_config=QUIET)
+    # The run for 03-17 refreshed cohort 03-03 (its W+1 and W+2 have ended since).
+    refreshed = latest_metadata(instance, "retention_weekly", "2025-03-03")
+    assert refreshed["period"].value == "2025-03-03"
+    assert "| 2025-03-03 | demo |" in refreshed["table"].value and "2025-03-17" not in refreshed["table"].value
+    assert "demo/cohort_users" in refreshed
+    assert "demo/retention_w1" in refreshed
+
+
+def test_denominator_and_core_actions_are_one_step(tmp_path):
+    root = str(tmp_path / "data")
+    defs = build_defs(config=demo_config(tmp_path), storage_root=root)
+    instance = DagsterInstance.ephemeral()
+    run_range(defs, "demo_daily_extract", "2025-03-03", "2025-03-09", instance)
+    run_range(defs, "demo_small_daily_extract", "2025-03-03", "2025-03-09", instance)
+    core = defs.resolve_assets_def(AssetKey("core_actions_weekly"))
+    assert core is defs.resolve_assets_def(AssetKey("active_users_weekly"))
+    assert set(core.keys) == {AssetKey("active_users_weekly"), AssetKey("core_actions_weekly")}
+    # Materializing the core actions alone works for any range: no "materialize the denominator first".
+    # (the UI adds the denominator to a selection of the core actions, as Dagster requires)
+    selected = (
+        AssetSelection.assets("core_actions_weekly")
+        .required_multi_asset_neighbors()
+        .resolve(defs.resolve_asset_graph())
+    )
+    assert selected == {AssetKey("active_users_weekly"), AssetKey("core_actions_weekly")}
+    job = defs.resolve_implicit_global_asset_job_def()
+    result = job.execute_in_process(
+        instance=instance, partition_key="2025-03-03", asset_selection=list(selected), run_config=QUIET
+    )
+    assert result.success
+    metrics = read_metrics("week", storage=root)
+    active = read_active_users("week", storage=root)
+    merged = metrics.merge(active, on=["deployment", "period_start"], suffixes=("", "_d"))
+    assert len(merged) == len(metrics) > 0
+    assert (merged["active_users"] == merged["active_users_d"]).all()
+    assert (merged["computed_at"] == merged["computed_at_d"]).all()  # the same step wrote both
+
+
+def _coverage(result, key):
+    return {
+        c.check_name: c
+        for c in result.get_asset_check_evaluations()
+        if c.asset_key == AssetKey(key) and c.check_name in ("coverage_complete", "days_extracted")
+    }
+
+
+def test_week_with_nothing_extracted_fails_loudly(tmp_path, fixture_source):
+    config = write_config(
+        tmp_path,
+        {
+            "alpha": {"start_date": "2025-05-01", "events": [ev("2025-06-02T10:00:00+00:00", "u1", "commit")]},
+            "beta": {"start_date": "2025-05-01", "events": [ev("2025-06-03T10:00:00+00:00", "u2", "commit")]},
+        },
+    )
+    root = str(tmp_path / "data")
+    defs = build_defs(config=config, storage_root=root)
+    instance = DagsterInstance.ephemeral()
+    # beta has two days of the week 2025-06-02, alpha none.
+    run_range(defs, "beta_daily_extract", "2025-06-02", "2025-06-03", instance)
+    result = run_range(defs, "weekly_metrics", "2025-06-02", "2025-06-02", instance)
+    assert result.success  # the tables are written, marked incomplete...
+    for key in ("active_users_weekly", "core_actions_weekly"):
+        checks = _coverage(result, key)
+        # ...and the checks say so: an error for the deployment with no day at all,
+        days = checks["days_extracted"]
+        assert not days.passed and days.severity.value == "ERROR"
+        assert (
+            "2025-06-02 **alpha**: none of its days extracted (2025-06-02..2025-06-08)"
+            in days.metadata["details"].value
+        )
+        assert "beta" not in days.metadata["details"].value
+        # a warning naming the missing days of each deployment.
+        coverage = checks["coverage_complete"]
+        assert not coverage.passed and coverage.severity.value == "WARN"
+        details = coverage.metadata["details"].value
+        assert "**beta**: days not extracted: 2025-06-04..2025-06-08" in details
+        assert "**alpha**: days not extracted: 2025-06-02..2025-06-08" in details
+        assert coverage.metadata["missing_days"].value == 7 + 5
+
+
+def test_incomplete_source_named_by_the_coverage_check(tmp_path, fixture_source):
+    config = write_config(
+        tmp_path,
+        {
+            "alpha": {
+                "start_date": "2025-03-03",
+                "events": [ev("2025-03-04T10:00:00+00:00", "u1", "login")],
+                "incomplete_on_day": "2025-03-04",
+            }
+        },
+    )
+    root = str(tmp_path / "data")
+    defs = build_defs(config=config, storage_root=root)
+    instance = DagsterInstance.ephemeral()
+    run_range(defs, "alpha_daily_extract", "2025-03-03", "2025-03-09", instance)
+    result = run_range(defs, "weekly_metrics", "2025-03-03", "2025-03-03", instance)
+    checks = _coverage(result, "core_actions_weekly")
+    assert checks["days_extracted"].passed
+    coverage = checks["coverage_complete"]
+    assert not coverage.passed and coverage.severity.value == "WARN"
+    assert "2025-03-04 fixture" in coverage.metadata["details"].value
+    assert coverage.metadata["incomplete_sources"].value == 1 and coverage.metadata["missing_days"].value == 0
+
+
+def test_fully_extracted_week_passes_coverage(tmp_path):
+    root = str(tmp_path / "data")
+    defs = build_defs(config=demo_config(tmp_path), storage_root=root)
+    instance = DagsterInstance.ephemeral()
+    for name in ("demo", "demo_small"):
+        run_range(defs, f"{name}_daily_extract", "2025-03-03", "2025-03-09", instance)
+    result = run_range(defs, "weekly_metrics", "2025-03-03", "2025-03-03", instance)
+    for key in ("active_users_weekly", "core_actions_weekly"):
+        checks = _coverage(result, key)
+        assert checks["coverage_complete"].passed and checks["days_extracted"].passed
