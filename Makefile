@@ -52,8 +52,10 @@ lint: install
 test: install lint pg
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
+# Synthetic history of EVENTS events in a temporary directory; prints times and peak RSS.
+EVENTS ?= 2000000
 benchmark: install
-	$(PY) -m renku_metrics_tests.benchmarks
+	$(PY) -m renku_metrics_tests.benchmarks --events $(EVENTS)
 
 clean:
 	rm -rf data .dagster_home

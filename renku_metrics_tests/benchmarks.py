@@ -1,92 +1,200 @@
-"""Speed figures (not a test): `make benchmark`.
+"""Speed and memory figures (not a test): `make benchmark [EVENTS=100000000]`.
 
-Prints how long it takes to generate and store a year of the demo deployment,
-and how long a weekly aggregation takes with 4 weeks of history versus 52 weeks
-(the ratio should stay near 1: a week's cost must not grow with history), plus
-the naive baseline of loading all history into pandas, measured in the same run.
+Generates a synthetic history in the stored layout in a temporary directory
+(5 deployments x 1,092 daily files with manifests, md5-hex user ids, 20,000
+users per deployment at 100 million events; see bench_data.py) and prints, each
+measured in a fresh child process with its own peak RSS:
+
+* one week's ``aggregate_period`` (what the weekly schedule runs);
+* one month's ``stickiness``, one week's ``lifecycle`` and one cohort week's
+  ``retention`` after 3 years of history, and lifecycle/retention after 1 year
+  (the ratio shows whether a run grows with history; ~1 = flat);
+* the full-history recompute of every week (``aggregate_periods``) against the
+  bare DuckDB query (distinct users per deployment, ISO week and action, plus
+  active users, over all files at once) and their ratio.
+
+``EVENTS`` sets the scale (default 2,000,000), ``BENCH_DATA=<dir>`` reuses (or
+keeps) a generated history instead of a temporary one.
 """
 
 from __future__ import annotations
 
+import argparse
 import datetime as dt
+import json
+import os
 import resource
-import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
 
-import pandas as pd
-
-from renku_metrics.core.aggregate import aggregate_period
-from renku_metrics.core.catalog import load_catalog
-from renku_metrics.core.config import parse_config
-from renku_metrics.core.extract import RecentEventIds, build_sources, extract_day
-from renku_metrics.core.readers import read_events
-from renku_metrics.core.storage import LocalStorage
-
-NOW = dt.datetime(2030, 1, 1, tzinfo=dt.timezone.utc)
+DAYS = 1092
+DEPLOYMENTS = 5
 
 
-def timed(fn, repeat=5) -> float:
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+def _dates(days: int) -> dict:
+    from renku_metrics_tests.bench_data import START
+
+    end = START + dt.timedelta(days=days)  # first day after the history
+    last_week = end - dt.timedelta(days=end.weekday() or 7)  # the last full ISO week
+    if last_week + dt.timedelta(days=7) > end:
+        last_week -= dt.timedelta(days=7)
+    year1_week = START + dt.timedelta(weeks=52)
+    last_month = (end - dt.timedelta(days=1)).replace(day=1)
+    if (last_month.replace(day=28) + dt.timedelta(days=4)).replace(day=1) > end:
+        last_month = (last_month - dt.timedelta(days=1)).replace(day=1)
+    return {
+        "end": end,
+        "week": last_week,
+        "month": last_month,
+        "year1_week": year1_week,
+        "cohort": last_week - dt.timedelta(weeks=8),  # its 8 later weeks have all ended
+        "year1_cohort": year1_week - dt.timedelta(weeks=8),
+    }
+
+
+def _now(day: dt.date) -> dt.datetime:
+    return dt.datetime.combine(day, dt.time(6), dt.timezone.utc)
+
+
+# --------------------------------------------------------------------------- one figure, in a child process
+
+
+def _figure(name: str, root: str, days: int) -> dict:
+    """Run one measured piece of work in this (fresh) process."""
+    from renku_metrics.core import engagement
+    from renku_metrics.core.aggregate import aggregate_period, aggregate_periods
+    from renku_metrics.core.catalog import load_catalog
+    from renku_metrics.core.periods import period_starts_between
+    from renku_metrics.core.storage import LocalStorage
+    from renku_metrics_tests.bench_data import START, bench_deployments
+
+    storage = LocalStorage(root)
+    deployments = bench_deployments(DEPLOYMENTS)
+    catalog = load_catalog()
+    d = _dates(days)
+    info = ""
+    t0 = time.perf_counter()
+    if name == "aggregate_week":
+        aggregate_period(storage, deployments, catalog, "week", d["week"], _now(d["end"]))
+    elif name == "stickiness_month":
+        engagement.stickiness(storage, deployments, d["month"], _now(d["end"]))
+    elif name in ("lifecycle_week", "lifecycle_week_1y"):
+        week = d["week"] if name == "lifecycle_week" else d["year1_week"]
+        engagement.lifecycle(storage, deployments, "week", week, _now(week + dt.timedelta(days=7)))
+    elif name in ("retention_week", "retention_week_1y"):
+        cohort = d["cohort"] if name == "retention_week" else d["year1_cohort"]
+        engagement.retention(storage, deployments, cohort, _now(cohort + dt.timedelta(weeks=9)))
+    elif name == "recompute_weeks":
+        starts = period_starts_between("week", START, d["end"])
+        out = aggregate_periods(storage, deployments, catalog, "week", starts, _now(d["end"]))
+        info = f"{len(out)} weeks"
+    elif name == "bare_duckdb":
+        import duckdb
+
+        from renku_metrics.core.layout import raw_events_key
+        from renku_metrics.core.periods import days_between
+
+        paths = [
+            storage.uri(raw_events_key(dep.name, day)) for dep in deployments for day in days_between(START, d["end"])
+        ]
+        con = duckdb.connect()
+        con.execute("SET TimeZone = 'UTC'")
+        con.execute("SET enable_progress_bar = false")
+        rows = con.execute(
+            """SELECT deployment, CAST(date_trunc('week', occurred_at) AS DATE) AS week, action,
+                      count(DISTINCT user_id) AS users
+               FROM read_parquet($paths)
+               GROUP BY GROUPING SETS ((deployment, week, action), (deployment, week))""",
+            {"paths": paths},
+        ).fetchall()
+        info = f"{len(rows)} rows"
+    else:
+        raise ValueError(f"unknown figure {name!r}")
+    seconds = time.perf_counter() - t0
+    return {"seconds": seconds, "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "info": info}
+
+
+def measure(name: str, root: Path, days: int) -> dict:
+    """One figure in a child process: its time and the child's own peak RSS."""
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "renku_metrics_tests.benchmarks",
+            "--figure",
+            name,
+            "--root",
+            str(root),
+            "--days",
+            str(days),
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _line(label: str, fig: dict) -> str:
+    extra = f"  ({fig['info']})" if fig.get("info") else ""
+    return f"{label:<58} {fig['seconds']:8.2f} s  peak RSS {fig['peak_rss_mib']:7.0f} MiB{extra}"
+
+
+def scale_figures(root: Path, days: int) -> None:
+    """The figures of issue 'scale': per-run costs, history growth, full-history recompute."""
+    figs = {}
+    for name, label in (
+        ("aggregate_week", "one week's aggregate_period (weekly schedule)"),
+        ("stickiness_month", "one month's stickiness"),
+        ("lifecycle_week_1y", "one week's lifecycle, 1 year of history"),
+        ("lifecycle_week", "one week's lifecycle, 3 years of history"),
+        ("retention_week_1y", "one cohort week's retention, 1 year of history"),
+        ("retention_week", "one cohort week's retention, 3 years of history"),
+        ("recompute_weeks", "full-history recompute, every week (aggregate_periods)"),
+        ("bare_duckdb", "bare DuckDB query, distinct users per deployment/week/action"),
+    ):
+        figs[name] = measure(name, root, days)
+        print(_line(label, figs[name]), flush=True)
+    ratio = lambda a, b: figs[a]["seconds"] / figs[b]["seconds"]  # noqa: E731
+    print(f"lifecycle 3 years / 1 year of history: {ratio('lifecycle_week', 'lifecycle_week_1y'):.2f} (~1 = flat)")
+    print(f"retention 3 years / 1 year of history: {ratio('retention_week', 'retention_week_1y'):.2f} (~1 = flat)")
+    print(
+        f"lifecycle / weekly aggregate: {ratio('lifecycle_week', 'aggregate_week'):.2f}, "
+        f"retention / weekly aggregate: {ratio('retention_week', 'aggregate_week'):.2f}"
+    )
+    print(f"full-history recompute / bare DuckDB query: {ratio('recompute_weeks', 'bare_duckdb'):.2f} (target <= 1.2)")
 
 
 def main() -> None:
-    config = parse_config(
-        {"deployments": [{"name": "demo", "start_date": "2025-01-06", "sources": {"demo": {"users": 6000}}}]},
-        "benchmark",
-        env={},
-    )
-    deployment = config.deployments[0]
-    catalog = load_catalog()
-    with tempfile.TemporaryDirectory() as tmp:
-        storage = LocalStorage(Path(tmp))
-        t0 = time.perf_counter()
-        day, events = deployment.start_date, 0
-        # As the raw events asset does in a range run: sources and recent ids kept across days.
-        sources, recent = build_sources(deployment, {}), RecentEventIds(storage, deployment.name)
-        for _ in range(364):
-            events += extract_day(
-                storage, deployment, day, env={}, now=NOW, sources_by_type=sources, recent_ids=recent
-            ).row_count
-            day += dt.timedelta(days=1)
-        extract_s = time.perf_counter() - t0
-        print(f"extract + store 364 days: {extract_s:.2f} s, {events} events, {events / extract_s:,.0f} events/s")
-        rss_after_extract = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--events", type=int, default=int(os.environ.get("EVENTS") or 2_000_000))
+    parser.add_argument("--data", default=os.environ.get("BENCH_DATA") or None)
+    parser.add_argument("--figure")
+    parser.add_argument("--root")
+    parser.add_argument("--days", type=int, default=DAYS)
+    args = parser.parse_args()
+    if args.figure:
+        print(json.dumps(_figure(args.figure, args.root, args.days)))
+        return
 
-        early = dt.date(2025, 1, 27)  # 4th week of history
-        late = dt.date(2025, 12, 29)  # 52nd week of history
-        early_s = timed(lambda: aggregate_period(storage, config.deployments, catalog, "week", early, NOW))
-        late_s = timed(lambda: aggregate_period(storage, config.deployments, catalog, "week", late, NOW))
-        print(f"weekly aggregation, week 4 of history:  {early_s * 1000:.1f} ms")
-        print(
-            f"weekly aggregation, week 52 of history: {late_s * 1000:.1f} ms  (ratio {late_s / early_s:.2f}; ~1 = independent of history)"
-        )
+    from renku_metrics_tests.bench_data import generate
 
-        def naive():
-            frame = read_events("demo", storage=storage)
-            week = frame[
-                (frame["occurred_at"] >= pd.Timestamp(late, tz="UTC"))
-                & (frame["occurred_at"] < pd.Timestamp(late + dt.timedelta(days=7), tz="UTC"))
-            ]
-            week.groupby("action")["user_id"].nunique()
-
-        rss_after_aggregate = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        naive_s = timed(naive, repeat=3)
-        rss_after_naive = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        print(
-            f"baseline, load all history into pandas then aggregate week 52: {naive_s * 1000:.1f} ms "
-            f"(DuckDB per-period is {naive_s / late_s:.1f}x faster)"
-        )
-        print(
-            f"peak RSS: {rss_after_extract:.0f} MiB after extraction, {rss_after_aggregate:.0f} MiB after the "
-            f"DuckDB aggregations, {rss_after_naive:.0f} MiB after the pandas baseline"
-        )
+    with tempfile.TemporaryDirectory(prefix="renku-metrics-bench-") as tmp:
+        root = Path(args.data) if args.data else Path(tmp) / "data"
+        if (root / "raw_events").exists():
+            print(f"using the history already generated under {root}")
+        else:
+            t0 = time.perf_counter()
+            made = generate(root, args.events, deployments=DEPLOYMENTS, days=args.days)
+            seconds = time.perf_counter() - t0
+            print(
+                f"generated {made['events']:,} events, {made['deployments']} deployments x {made['days']} days, "
+                f"{made['users']:,} users per deployment, in {seconds:.1f} s"
+            )
+        scale_figures(root, args.days)
 
 
 if __name__ == "__main__":

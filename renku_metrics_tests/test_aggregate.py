@@ -266,3 +266,70 @@ def test_deployment_launched_on_start_date_has_complete_history(tmp_path, storag
         row = rows[rows["deployment"] == "alpha"].iloc[0]
         assert bool(row["history_complete"]) is launched
         assert row["returning_users"] == 1
+
+
+def test_aggregate_periods_equals_aggregate_period_per_period(tmp_path):
+    """The one-scan range computation gives exactly aggregate_period's frames for every period."""
+    import dataclasses
+
+    import pandas as pd
+
+    from renku_metrics.core.aggregate import aggregate_periods
+    from renku_metrics.core.layout import manifest_key
+    from renku_metrics.core.periods import period_starts_between
+
+    from .bench_data import bench_deployments, generate
+
+    storage = LocalStorage(tmp_path / "data")
+    generate(tmp_path / "data", events=60_000, deployments=3, days=75, start=dt.date(2025, 1, 6))
+    first, second, third = bench_deployments(3, dt.date(2025, 1, 6))
+    deployments = [
+        # two excluded users (one by Keycloak id, one by stored key); history from the start
+        dataclasses.replace(first, excluded_users=("bench-user-3", pseudonymize_user("bench-user-5"))),
+        # history starts mid-week and mid-month; not launched then
+        dataclasses.replace(second, start_date=dt.date(2025, 2, 5), launched_on_start_date=False),
+        third,
+    ]
+    storage.delete(manifest_key("bench2", dt.date(2025, 2, 11)))  # a day not extracted
+    now = dt.datetime(2025, 3, 12, 9, tzinfo=dt.timezone.utc)  # inside the data: later days are unread
+    for period, first_start in (("week", dt.date(2025, 1, 6)), ("month", dt.date(2025, 1, 1))):
+        starts = period_starts_between(period, first_start, dt.date(2025, 3, 24))
+        ranged = aggregate_periods(storage, deployments, CATALOG, period, starts, now, memory_limit="256MB")
+        assert sorted(ranged) == starts
+        for start in starts:
+            single = aggregate_period(storage, deployments, CATALOG, period, start, now)
+            pd.testing.assert_frame_equal(ranged[start].core_actions, single.core_actions)
+            pd.testing.assert_frame_equal(ranged[start].active_users, single.active_users)
+            assert ranged[start].excluded_users == single.excluded_users
+        some = ranged[starts[2]].active_users.set_index("deployment")
+        assert some.loc["bench0", "excluded_users"] > 0 and some.loc["all", "active_users"] > 0
+    # Non-contiguous periods: only their own files are read.
+    gap = aggregate_periods(storage, deployments, CATALOG, "week", [dt.date(2025, 1, 13), dt.date(2025, 3, 3)], now)
+    for start, result in gap.items():
+        single = aggregate_period(storage, deployments, CATALOG, "week", start, now)
+        pd.testing.assert_frame_equal(result.core_actions, single.core_actions)
+
+
+def test_full_history_recompute_writes_what_the_assets_write(tmp_path):
+    import pandas as pd
+
+    from renku_metrics.core.config import MetricsConfig
+    from renku_metrics.core.layout import metrics_key
+    from renku_metrics.core.recompute import recompute
+
+    from .bench_data import bench_deployments, generate
+
+    storage = LocalStorage(tmp_path / "data")
+    generate(tmp_path / "data", events=10_000, deployments=2, days=40, start=dt.date(2025, 1, 6))
+    config = MetricsConfig(path="bench", deployments=tuple(bench_deployments(2, dt.date(2025, 1, 6))))
+    now = dt.datetime(2025, 2, 20, tzinfo=dt.timezone.utc)
+    weeks = recompute(storage, config, CATALOG, "week", now=now)
+    assert weeks[0] == dt.date(2025, 1, 6) and weeks[-1] == dt.date(2025, 2, 17) and len(weeks) == 7
+    for start in weeks:
+        single = aggregate_period(storage, config.deployments, CATALOG, "week", start, now)
+        stored = storage.read_parquet(metrics_key("core_actions_weekly", start)).to_pandas()
+        stored["period_start"] = pd.to_datetime(stored["period_start"]).dt.date
+        stored["period_end"] = pd.to_datetime(stored["period_end"]).dt.date
+        pd.testing.assert_frame_equal(stored, single.core_actions, check_dtype=False)
+        active = storage.read_parquet(metrics_key("active_users_weekly", start)).to_pandas()
+        assert active["active_users"].tolist() == single.active_users["active_users"].tolist()

@@ -22,7 +22,11 @@ Definitions (also in docs/design.md):
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import os
+import tempfile
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import duckdb
@@ -30,43 +34,55 @@ import pandas as pd
 
 from renku_metrics.core.catalog import Catalog
 from renku_metrics.core.config import Deployment
-from renku_metrics.core.coverage import DeploymentCoverage, coverage_for
-from renku_metrics.core.events import ALL_DEPLOYMENTS, ROLLUP_USER_SQL
-from renku_metrics.core.periods import Period, period_bounds
+from renku_metrics.core.coverage import DeploymentCoverage, coverage_for, coverage_from_days, day_status
+from renku_metrics.core.events import ACTIONS, ALL_DEPLOYMENTS, ROLLUP_USER_SQL
+from renku_metrics.core.layout import day_of_key, is_manifest_key, raw_events_prefix
+from renku_metrics.core.manifest import Manifest
+from renku_metrics.core.periods import Period, days_between, period_bounds
 from renku_metrics.core.storage import Storage
 
-_AGGREGATE_SQL = """
+# One scan over the periods' files reduces the events to one row per (deployment,
+# user, period) with a bitmask of the actions done: every count below is then a
+# count of rows, and the ``all`` rollup and each metric reuse the reduced rows.
+_REDUCE_SQL = """
+CREATE TEMP TABLE reduced AS
+SELECT e.deployment, e.user_id, CAST(date_trunc($unit, e.occurred_at) AS DATE) AS p, bit_or({action_bit}) AS mask
+FROM events e
+WHERE e.occurred_at >= $lo AND e.occurred_at < $hi
+GROUP BY ALL
+"""
+
+_COUNT_SQL = """
 WITH kept AS (
-    SELECT e.deployment, e.user_id, e.action
-    FROM events e
-    WHERE e.occurred_at >= $start AND e.occurred_at < $end
+    SELECT r.deployment, r.user_id, r.p, r.mask
+    FROM reduced r
+    WHERE r.p IN (SELECT period_start FROM targets)
       AND NOT EXISTS (
-          SELECT 1 FROM excluded x WHERE x.deployment = e.deployment AND x.user_id = e.user_id)
+          SELECT 1 FROM excluded x WHERE x.deployment = r.deployment AND x.user_id = r.user_id)
 ),
 with_all AS (
-    SELECT deployment, user_id, action FROM kept
+    SELECT deployment, user_id, p, mask FROM kept
     UNION ALL
     -- GitLab-only ids are per GitLab instance: keep them apart across deployments.
-    SELECT $all_name, {rollup_user}, action
-    FROM kept
-),
-active AS (
-    SELECT deployment, count(DISTINCT user_id) AS active_users FROM with_all GROUP BY deployment
-),
-did AS (
-    SELECT w.deployment, ma.metric, count(DISTINCT w.user_id) AS users
-    FROM with_all w JOIN metric_actions ma ON w.action = ma.action
-    GROUP BY w.deployment, ma.metric
+    SELECT $all_name AS deployment, {rollup_user} AS user_id, p, bit_or(mask) AS mask
+    FROM kept GROUP BY ALL
 )
-SELECT d.deployment, m.metric,
-       coalesce(did.users, 0) AS users,
-       coalesce(active.active_users, 0) AS active_users
-FROM deployments d
-CROSS JOIN metric_list m
-LEFT JOIN active ON active.deployment = d.deployment
-LEFT JOIN did ON did.deployment = d.deployment AND did.metric = m.metric
-ORDER BY d.position, m.position
+SELECT p, deployment, count(*) AS active_users{metric_counts}
+FROM with_all GROUP BY p, deployment
 """.replace("{rollup_user}", ROLLUP_USER_SQL)
+
+_EXCLUDED_SQL = """
+SELECT r.p, r.deployment, count(*) AS excluded_users
+FROM reduced r
+WHERE r.p IN (SELECT period_start FROM targets)
+  AND EXISTS (SELECT 1 FROM excluded x WHERE x.deployment = r.deployment AND x.user_id = r.user_id)
+GROUP BY ALL
+"""
+
+# DuckDB's memory cap for a range computation (spilling to a temporary directory
+# beyond it); RENKU_METRICS_DUCKDB_MEMORY_LIMIT overrides it (DuckDB syntax: "1.5GB").
+DUCKDB_MEMORY_ENV = "RENKU_METRICS_DUCKDB_MEMORY_LIMIT"
+DEFAULT_DUCKDB_MEMORY_LIMIT = "1.2GB"
 
 
 @dataclass
@@ -86,125 +102,219 @@ def aggregate_period(
     now: dt.datetime,
 ) -> PeriodAggregate:
     """Core-action users and active users of every deployment (and ``all``) in one period."""
-    start, end = period_bounds(period, start)
+    return aggregate_periods(storage, deployments, catalog, period, [start], now)[start]
+
+
+def aggregate_periods(
+    storage: Storage,
+    deployments: list[Deployment] | tuple[Deployment, ...],
+    catalog: Catalog,
+    period: Period,
+    starts: Iterable[dt.date],
+    now: dt.datetime,
+    memory_limit: str | None = None,
+    temp_directory: str | None = None,
+) -> dict[dt.date, PeriodAggregate]:
+    """``aggregate_period`` of many periods, from one scan of their daily files.
+
+    Returns {period start: the same PeriodAggregate ``aggregate_period`` gives for it}.
+    The files of all periods are read once and reduced to one row per
+    (deployment, user, period) with a bitmask of the user's actions; each
+    period's denominator (active users) is computed once, next to its metrics.
+    DuckDB works within ``memory_limit`` (default $RENKU_METRICS_DUCKDB_MEMORY_LIMIT,
+    else DEFAULT_DUCKDB_MEMORY_LIMIT) and spills to ``temp_directory`` (default: a
+    fresh temporary directory) beyond it. This is the full-history recompute
+    (after an ``excluded_users`` change or a new catalog metric): see
+    ``python -m renku_metrics.core.recompute``.
+    """
+    starts = sorted(set(starts))
+    if not starts:
+        return {}
+    bounds = {s: period_bounds(period, s) for s in starts}
     today = now.astimezone(dt.timezone.utc).date()
-    ended = today >= end
-    measured = [d for d in deployments if d.start_date < end]
-    coverage = {d.name: coverage_for(storage, d, start, end, today) for d in measured}
-    keys = [k for c in coverage.values() for k in c.event_keys]
+    measured = {s: [d for d in deployments if d.start_date < bounds[s][1]] for s in starts}
+    coverage = _coverages(storage, deployments, bounds, measured, today)
+    keys = sorted({k for per in coverage.values() for c in per.values() for k in c.event_keys})
     metrics = catalog.computed()
+    actions = list(dict.fromkeys([*ACTIONS, *(a for _, a in catalog.metric_actions())]))
+    if len(actions) > 63:
+        raise ValueError(f"catalog {catalog.path}: more than 63 distinct actions")
+    bit = {a: 1 << i for i, a in enumerate(actions)}
+    metric_masks = [sum(bit[a] for a in m.actions) for m in metrics]
 
-    con = duckdb.connect()
-    try:
-        with storage.local_paths(keys) as paths:
-            if paths:
-                con.read_parquet(paths).create_view("events")
-            else:
-                con.execute(
-                    "CREATE TABLE events (deployment VARCHAR, user_id VARCHAR, action VARCHAR, occurred_at TIMESTAMPTZ)"
-                )
-            names = [d.name for d in measured] + [ALL_DEPLOYMENTS]
-            con.register("deployments", pd.DataFrame({"deployment": names, "position": range(len(names))}))
-            con.register(
-                "metric_list", pd.DataFrame({"metric": [m.id for m in metrics], "position": range(len(metrics))})
-            )
-            pairs = catalog.metric_actions()
-            con.register("metric_actions", pd.DataFrame(pairs, columns=["metric", "action"]))
-            excluded = [(d.name, key) for d in measured for key in d.excluded_user_keys()]
-            con.register("excluded", pd.DataFrame(excluded, columns=["deployment", "user_id"]))
-            params = {
-                "start": dt.datetime.combine(start, dt.time(), dt.timezone.utc),
-                "end": dt.datetime.combine(end, dt.time(), dt.timezone.utc),
-                "all_name": ALL_DEPLOYMENTS,
+    with contextlib.ExitStack() as stack:
+        spill = temp_directory or stack.enter_context(tempfile.TemporaryDirectory(prefix="renku-metrics-duckdb-"))
+        con = duckdb.connect(
+            config={
+                "memory_limit": memory_limit or os.environ.get(DUCKDB_MEMORY_ENV) or DEFAULT_DUCKDB_MEMORY_LIMIT,
+                "temp_directory": spill,
+                "preserve_insertion_order": False,
             }
-            rows = con.execute(_AGGREGATE_SQL, params).df()
-            excluded_counts = dict(
-                con.execute(
-                    """SELECT x.deployment, count(DISTINCT x.user_id) FROM excluded x
-                       WHERE EXISTS (SELECT 1 FROM events e WHERE e.deployment = x.deployment
-                                     AND e.user_id = x.user_id AND e.occurred_at >= $start AND e.occurred_at < $end)
-                       GROUP BY x.deployment""",
-                    {"start": params["start"], "end": params["end"]},
-                ).fetchall()
+        )
+        stack.callback(con.close)
+        # date_trunc of a TIMESTAMPTZ follows the session time zone: periods are UTC.
+        con.execute("SET TimeZone = 'UTC'")
+        con.execute("SET enable_progress_bar = false")
+        paths = stack.enter_context(storage.local_paths(keys))
+        if paths:
+            con.read_parquet(paths).create_view("events")
+        else:
+            con.execute(
+                "CREATE TABLE events (deployment VARCHAR, user_id VARCHAR, action VARCHAR, occurred_at TIMESTAMPTZ)"
             )
-    finally:
-        con.close()
+        action_bit = (
+            "CASE e.action "
+            + " ".join(f"WHEN '{a}' THEN CAST({b} AS UBIGINT)" for a, b in bit.items())
+            + " ELSE CAST(0 AS UBIGINT) END"
+        )
+        con.execute(
+            _REDUCE_SQL.replace("{action_bit}", action_bit),
+            {
+                "unit": period,
+                "lo": dt.datetime.combine(starts[0], dt.time(), dt.timezone.utc),
+                "hi": dt.datetime.combine(max(e for _, e in bounds.values()), dt.time(), dt.timezone.utc),
+            },
+        )
+        con.register("targets", pd.DataFrame({"period_start": starts}))
+        excluded = [(d.name, key) for d in deployments for key in d.excluded_user_keys()]
+        con.register("excluded", pd.DataFrame(excluded, columns=["deployment", "user_id"], dtype="object"))
+        metric_counts = "".join(
+            f", count(*) FILTER (WHERE mask & CAST({m} AS UBIGINT) != 0) AS m{i}" for i, m in enumerate(metric_masks)
+        )
+        counts = con.execute(
+            _COUNT_SQL.replace("{metric_counts}", metric_counts), {"all_name": ALL_DEPLOYMENTS}
+        ).fetchall()
+        excluded_counts = con.execute(_EXCLUDED_SQL).fetchall()
 
-    def complete_of(name: str) -> bool:
-        if name == ALL_DEPLOYMENTS:
-            return bool(coverage) and all(c.is_complete(ended) for c in coverage.values())
-        return coverage[name].is_complete(ended)
+    return _frames(
+        period,
+        bounds,
+        now,
+        today,
+        {s: [d.name for d in measured[s]] for s in starts},
+        metrics,
+        counts,
+        excluded_counts,
+        coverage,
+    )
 
-    def note_of(name: str) -> str:
-        if name == ALL_DEPLOYMENTS:
-            return "; ".join(f"{n}: {c.note(ended)}" for n, c in coverage.items() if c.note(ended))
-        return coverage[name].note(ended)
 
+def _coverages(
+    storage: Storage,
+    deployments: Sequence[Deployment],
+    bounds: dict[dt.date, tuple[dt.date, dt.date]],
+    measured: dict[dt.date, list[Deployment]],
+    today: dt.date,
+) -> dict[dt.date, dict[str, DeploymentCoverage]]:
+    """Coverage of every period and measured deployment; each manifest is read once."""
+    if len(bounds) == 1:
+        ((s, (start, end)),) = bounds.items()
+        return {s: {d.name: coverage_for(storage, d, start, end, today) for d in measured[s]}}
+    wanted = {day for start, end in bounds.values() for day in days_between(start, min(end, today))}
+    out: dict[dt.date, dict[str, DeploymentCoverage]] = {s: {} for s in bounds}
+    for d in deployments:
+        if not any(d in measured[s] for s in bounds):
+            continue
+        days = {}
+        for key in storage.list_keys(raw_events_prefix(d.name)):
+            if is_manifest_key(key):
+                day = day_of_key(key)
+                if day in wanted and day >= d.start_date:
+                    days[day] = day_status(Manifest.read_key(storage, key))
+        for s, (start, end) in bounds.items():
+            if d in measured[s]:
+                out[s][d.name] = coverage_from_days(d, days, start, end, today)
+    return out
+
+
+def _frames(
+    period: Period,
+    bounds: dict[dt.date, tuple[dt.date, dt.date]],
+    now: dt.datetime,
+    today: dt.date,
+    measured: dict[dt.date, list[str]],
+    metrics: list,
+    counts: list[tuple],
+    excluded_counts: list[tuple],
+    coverage: dict[dt.date, dict[str, DeploymentCoverage]],
+) -> dict[dt.date, PeriodAggregate]:
+    """The core_actions and active_users frames of every period, built in one pass, then split by period."""
+    got = {(p, name): (active, users) for p, name, active, *users in counts}
+    excluded_got = {(p, name): int(n) for p, name, n in excluded_counts}
     computed_at = pd.Timestamp(now).tz_convert("UTC")
-    meta_cols = {
-        "period": period,
-        "period_start": start,
-        "period_end": end,
-    }
-    rows["pct"] = (100.0 * rows["users"] / rows["active_users"]).where(rows["active_users"] > 0)
-    rows["pct"] = rows["pct"].round(2)
-    titles = {m.id: m.title for m in metrics}
-    statuses = {m.id: m.status for m in metrics}
+    keys, excluded_totals, complete, note, expected, extracted = [], {}, {}, {}, {}, {}
+    for s, (_, end) in bounds.items():
+        ended = today >= end
+        cov = coverage[s]
+        totals = {n: excluded_got.get((s, n), 0) for n in cov}
+        totals[ALL_DEPLOYMENTS] = sum(totals.values())
+        excluded_totals[s] = totals
+        for name in [*measured[s], ALL_DEPLOYMENTS]:
+            keys.append((s, name))
+            if name == ALL_DEPLOYMENTS:
+                complete[s, name] = bool(cov) and all(c.is_complete(ended) for c in cov.values())
+                note[s, name] = "; ".join(f"{n}: {c.note(ended)}" for n, c in cov.items() if c.note(ended))
+                expected[s, name] = sum(c.days_expected for c in cov.values())
+                extracted[s, name] = sum(c.days_extracted for c in cov.values())
+            else:
+                complete[s, name] = cov[name].is_complete(ended)
+                note[s, name] = cov[name].note(ended)
+                expected[s, name] = cov[name].days_expected
+                extracted[s, name] = cov[name].days_extracted
+
+    def meta(pairs: list[tuple]) -> dict:
+        return {
+            "period": period,
+            "period_start": pd.Series(list(pd.to_datetime([s for s, _ in pairs]).date), dtype="object"),
+            "period_end": pd.Series(list(pd.to_datetime([bounds[s][1] for s, _ in pairs]).date), dtype="object"),
+        }
+
+    core_pairs = [(s, name) for s, name in keys for _ in metrics]
+    users = [int(got[k][1][i]) if k in got else 0 for k in keys for i in range(len(metrics))]
+    core_active = [int(got[k][0]) if k in got else 0 for k in keys for _ in metrics]
     core = pd.DataFrame(
         {
-            "deployment": rows["deployment"],
-            **{k: v for k, v in meta_cols.items()},
-            "metric": rows["metric"],
-            "title": rows["metric"].map(titles),
-            "status": rows["metric"].map(statuses),
-            "users": rows["users"].astype("int64"),
-            "active_users": rows["active_users"].astype("int64"),
-            "pct": rows["pct"].astype("float64"),
+            "deployment": pd.Series([name for _, name in core_pairs], dtype="object"),
+            **meta(core_pairs),
+            "metric": pd.Series([m.id for _ in keys for m in metrics], dtype="object"),
+            "title": pd.Series([m.title for _ in keys for m in metrics], dtype="object"),
+            "status": pd.Series([m.status for _ in keys for m in metrics], dtype="object"),
+            "users": pd.Series(users, dtype="int64"),
+            "active_users": pd.Series(core_active, dtype="int64"),
         }
     )
-    core["complete"] = core["deployment"].map(complete_of).astype(bool)
-    core["coverage_note"] = core["deployment"].map(note_of)
+    core["pct"] = (100.0 * core["users"] / core["active_users"]).where(core["active_users"] > 0).round(2)
+    core["pct"] = core["pct"].astype("float64")
+    core["complete"] = pd.Series([complete[k] for k in core_pairs], dtype=bool)
+    core["coverage_note"] = pd.Series([note[k] for k in core_pairs], dtype="object")
     core["computed_at"] = computed_at
 
-    active = (
-        rows.drop_duplicates("deployment")[["deployment", "active_users"]].reset_index(drop=True)
-        if len(rows)
-        else pd.DataFrame({"deployment": names, "active_users": 0})
-    )
     active_users = pd.DataFrame(
         {
-            "deployment": active["deployment"],
-            **{k: v for k, v in meta_cols.items()},
-            "active_users": active["active_users"].astype("int64"),
+            "deployment": pd.Series([name for _, name in keys], dtype="object"),
+            **meta(keys),
+            "active_users": pd.Series([int(got[k][0]) if k in got else 0 for k in keys], dtype="int64"),
+            "excluded_users": pd.Series([excluded_totals[s][name] for s, name in keys], dtype="int64"),
+            "days_expected": pd.Series([expected[k] for k in keys], dtype="int64"),
+            "days_extracted": pd.Series([extracted[k] for k in keys], dtype="int64"),
+            "complete": pd.Series([complete[k] for k in keys], dtype=bool),
+            "coverage_note": pd.Series([note[k] for k in keys], dtype="object"),
         }
     )
-    excluded_total = {n: int(excluded_counts.get(n, 0)) for n in coverage}
-    excluded_total[ALL_DEPLOYMENTS] = sum(excluded_total.values())
-    active_users["excluded_users"] = active_users["deployment"].map(excluded_total).astype("int64")
-    active_users["days_expected"] = (
-        active_users["deployment"]
-        .map(
-            lambda n: (
-                sum(c.days_expected for c in coverage.values()) if n == ALL_DEPLOYMENTS else coverage[n].days_expected
-            )
-        )
-        .astype("int64")
-    )
-    active_users["days_extracted"] = (
-        active_users["deployment"]
-        .map(
-            lambda n: (
-                sum(c.days_extracted for c in coverage.values()) if n == ALL_DEPLOYMENTS else coverage[n].days_extracted
-            )
-        )
-        .astype("int64")
-    )
-    active_users["complete"] = active_users["deployment"].map(complete_of).astype(bool)
-    active_users["coverage_note"] = active_users["deployment"].map(note_of)
     active_users["computed_at"] = computed_at
-    for frame in (core, active_users):
-        for col in ("period_start", "period_end"):
-            frame[col] = pd.to_datetime(frame[col]).dt.date
-    return PeriodAggregate(
-        core_actions=core, active_users=active_users, excluded_users=excluded_total, coverage=coverage
-    )
+
+    def split(frame: pd.DataFrame, per_period: int) -> dict[dt.date, pd.DataFrame]:
+        out, offset = {}, 0
+        for s in bounds:
+            n = per_period * (len(measured[s]) + 1)
+            out[s] = frame.iloc[offset : offset + n].reset_index(drop=True)
+            offset += n
+        return out
+
+    cores, actives = split(core, len(metrics)), split(active_users, 1)
+    return {
+        s: PeriodAggregate(
+            core_actions=cores[s], active_users=actives[s], excluded_users=excluded_totals[s], coverage=coverage[s]
+        )
+        for s in bounds
+    }
