@@ -200,3 +200,49 @@ def test_loading_defs_raises_no_deprecation_warning():
         shipped_defs().resolve_all_job_defs()
     deprecations = [str(w.message) for w in caught if issubclass(w.category, DeprecationWarning)]
     assert deprecations == []
+
+
+def test_storage_root_is_read_from_the_environment_when_a_run_starts(tmp_path, monkeypatch, fixture_source):
+    from dagster import DagsterInstance, EnvVar
+
+    from renku_metrics.core.manifest import Manifest
+    from renku_metrics.core.storage import open_storage
+
+    from .helpers import ev, write_config
+
+    config = write_config(
+        tmp_path, {"alpha": {"start_date": "2025-03-01", "events": [ev("2025-03-02T10:00:00+00:00", "u", "login")]}}
+    )
+    monkeypatch.setenv("RENKU_METRICS_STORAGE", str(tmp_path / "at_load"))
+    defs = build_defs(config=config)
+    resource = defs.resources["metrics_storage"]
+    # The definitions hold the variable, not its value: the UI shows the name.
+    assert isinstance(resource.root, EnvVar) and resource.root.env_var_name == "RENKU_METRICS_STORAGE"
+    monkeypatch.setenv("RENKU_METRICS_STORAGE", str(tmp_path / "at_run"))
+    result = defs.resolve_job_def("alpha_daily_extract").execute_in_process(
+        instance=DagsterInstance.ephemeral(),
+        partition_key="2025-03-02",
+        run_config={"loggers": {"console": {"config": {"log_level": "ERROR"}}}},
+    )
+    assert result.success
+    day = __import__("datetime").date(2025, 3, 2)
+    assert Manifest.read(open_storage(str(tmp_path / "at_run")), "alpha", day).complete
+    assert not (tmp_path / "at_load").exists()
+
+
+def test_storage_root_defaults_to_data_and_s3_endpoint_to_aws(monkeypatch):
+    from dagster import EnvVar
+
+    monkeypatch.delenv("RENKU_METRICS_STORAGE", raising=False)
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    resource = shipped_defs().resources["metrics_storage"]
+    assert resource.root == "./data" and resource.endpoint_url is None
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
+    resource = shipped_defs().resources["metrics_storage"]
+    assert isinstance(resource.endpoint_url, EnvVar) and resource.endpoint_url.env_var_name == "AWS_ENDPOINT_URL"
+    assert (
+        build_defs(config=load_config(REPO / "deployments.yaml", env={}), storage_root="/x")
+        .resources["metrics_storage"]
+        .root
+        == "/x"
+    )

@@ -20,7 +20,7 @@ from renku_metrics.defs.engagement.assets import build_engagement_assets
 from renku_metrics.defs.raw_events.assets import build_raw_events_asset
 from renku_metrics.defs.raw_events.checks import build_raw_events_freshness_checks
 from renku_metrics.defs.raw_events.schedules import build_daily_extract_schedule
-from renku_metrics.defs.resources import MetricsStorageResource
+from renku_metrics.defs.resources import metrics_storage_resource
 
 
 def build_defs(
@@ -60,7 +60,7 @@ def build_defs(
                 freshness_checks=checks, name="freshness_checks_sensor", default_status=DefaultSensorStatus.RUNNING
             )
         ],
-        resources={"metrics_storage": MetricsStorageResource(root=storage_root)},
+        resources={"metrics_storage": metrics_storage_resource(storage_root)},
         # Every run executes its steps in the run's own process: a backfill runs one period
         # per run, and a subprocess per step would multiply each run's start-up cost.
         executor=in_process_executor,
