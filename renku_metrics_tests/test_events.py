@@ -1,15 +1,19 @@
 import datetime as dt
 import hashlib
+import random
+import re
 
 import pytest
 
 from renku_metrics.core.events import (
     EVENT_SCHEMA,
     TimeWindow,
+    contains_email,
     events_frame,
     looks_personal,
     make_event_id,
     pseudonymize_user,
+    redact_personal,
     to_arrow,
     validate_events,
 )
@@ -103,3 +107,48 @@ def test_looks_personal():
     assert not looks_personal("gitlab:12")
     assert not looks_personal(USER)
     assert not looks_personal(None)
+
+
+# The email rule as a (backtracking, quadratic) regex: the reference for the linear scan.
+EMAIL_REFERENCE = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
+
+
+def test_contains_email_decides_exactly_the_reference_pattern():
+    rng = random.Random(20261130)
+    alphabet = ["a", "b", ".", "@", " ", "\t", "-", "é", "1"]
+    samples = ["", "@", "a@b.c", "a@b.", "a@.c", "@b.c", "a @b.c", "a@b .c", "a@@b.c", "a@b@c.d", "x a@b.c y"]
+    samples += ["".join(rng.choice(alphabet) for _ in range(rng.randint(0, 14))) for _ in range(20_000)]
+    for text in samples:
+        assert contains_email(text) == bool(EMAIL_REFERENCE.search(text)), repr(text)
+
+
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        ("a" * 1_000_000, False),  # the quadratic case of the regex: no "@" at all
+        ("a@" * 500_000, False),  # an "@" every other character, never a dot
+        ("a@" + "b" * 1_000_000, False),  # one endless domain without a dot
+        ("@." * 500_000, False),
+        (" a@b" * 250_000, False),
+        ("x" * 1_000_000 + "@example.org", True),
+        ("a@" * 500_000 + "b.c", True),
+    ],
+)
+def test_personal_data_detection_finishes_on_megabyte_inputs(text, expected):
+    # The scan reads each character at most twice: these finish at once (the regex took minutes).
+    assert contains_email(text) is expected
+    assert looks_personal(text) is expected
+
+
+def test_redaction_keeps_a_hash_never_the_value():
+    record = {"project_id": "jane.doe@example.org", "ip": "10.1.2.3", "n": 3, "list": ["ok", "::1"], "name": "x"}
+    redacted = redact_personal(record)
+    digest = hashlib.sha256(b"jane.doe@example.org").hexdigest()[:16]
+    assert redacted == {
+        "project_id": f"redacted:sha256:{digest}",
+        "ip": "redacted:sha256:" + hashlib.sha256(b"10.1.2.3").hexdigest()[:16],
+        "n": 3,
+        "list": ["ok", "redacted:sha256:" + hashlib.sha256(b"::1").hexdigest()[:16]],
+        "name": "x",
+    }
+    assert redact_personal("mail me: jane.doe@example.org").startswith("redacted:sha256:")

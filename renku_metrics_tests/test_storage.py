@@ -1,4 +1,5 @@
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -9,7 +10,9 @@ import boto3
 import pyarrow as pa
 import pytest
 
-from renku_metrics.core.storage import LocalStorage, StorageError, open_storage
+from renku_metrics.core.storage import LocalStorage, StorageError, open_storage, temp_parent
+from renku_metrics_tests.conftest import free_port
+from renku_metrics_tests.simulators.s3_proxy import S3FaultProxy
 
 
 @pytest.fixture(params=["local", "s3"])
@@ -98,3 +101,115 @@ def test_process_killed_mid_write_leaves_old_object_intact(tmp_path):
     storage = LocalStorage(root)
     assert storage.read_bytes("day/events.parquet") == b"old complete object"
     assert storage.list_keys("day/") == ["day/events.parquet"]  # the partial temp file is never listed
+
+
+# -- bad roots, unusable storage, faults ----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "root,message",
+    [
+        ("s3:/bucket/prefix", "only local directories and s3://bucket/prefix are supported"),
+        ("s3:bucket", "only local directories and s3://bucket/prefix are supported"),
+        ("S3://bucket/x", "only local directories and s3://bucket/prefix are supported"),
+        ("file:///tmp/x", "only local directories"),
+        ("s3://Bad_Bucket/x", "not a valid S3 bucket name"),
+        ("s3://bucket//x", "without '?', '#' or '//'"),
+        (" s3://bucket/x", "leading/trailing spaces"),
+        ("data\n", "leading/trailing spaces or control characters"),
+    ],
+)
+def test_malformed_roots_are_refused_with_one_line(root, message):
+    with pytest.raises(StorageError, match=re.escape(message)) as info:
+        open_storage(root)
+    assert "\n" not in str(info.value).replace(repr(root), "")
+
+
+def test_a_root_under_a_file_is_refused(tmp_path):
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(StorageError, match=r"lies under .*afile, which is a file, not a directory"):
+        open_storage(str(tmp_path / "afile" / "data"))
+    with pytest.raises(StorageError, match=r"afile is a file, not a directory"):
+        open_storage(str(tmp_path / "afile"))
+
+
+def test_local_files_get_normal_permissions(tmp_path):
+    old = os.umask(0o022)
+    try:
+        storage = LocalStorage(tmp_path / "root")
+        storage.write_bytes("a/b.parquet", b"x")
+        assert (os.stat(tmp_path / "root" / "a" / "b.parquet").st_mode & 0o777) == 0o644
+    finally:
+        os.umask(old)
+    storage.check()  # a writable directory passes
+
+
+def test_check_says_what_is_wrong_with_s3(s3_endpoint, s3_bucket):
+    open_storage(f"s3://{s3_bucket}/p", endpoint_url=s3_endpoint).check()
+    with pytest.raises(StorageError, match=r"s3://no-such-bucket-xyz/p failed: bucket 'no-such-bucket-xyz' does not"):
+        open_storage("s3://no-such-bucket-xyz/p", endpoint_url=s3_endpoint).check()
+    port = free_port()
+    with pytest.raises(StorageError, match=rf"s3://{s3_bucket}/p failed: cannot reach http://127.0.0.1:{port}"):
+        open_storage(f"s3://{s3_bucket}/p", endpoint_url=f"http://127.0.0.1:{port}").check()
+
+
+@pytest.mark.parametrize(
+    "code,message",
+    [
+        ("InvalidAccessKeyId", "credentials rejected (InvalidAccessKeyId: check AWS_ACCESS_KEY_ID"),
+        ("SignatureDoesNotMatch", "credentials rejected (SignatureDoesNotMatch"),
+        ("AccessDenied", "access denied (AccessDenied"),
+    ],
+)
+def test_rejected_credentials_are_named_without_the_secret(s3_endpoint, s3_bucket, code, message, monkeypatch):
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "very-secret-value-1234")
+    with S3FaultProxy(s3_endpoint) as proxy:
+        proxy.fail("error", code=code, status=403)
+        storage = open_storage(f"s3://{s3_bucket}/p", endpoint_url=proxy.url)
+        with pytest.raises(StorageError) as info:
+            storage.check()
+    assert message in str(info.value) and f"s3://{s3_bucket}/p" in str(info.value)
+    assert "very-secret-value-1234" not in str(info.value)
+
+
+@pytest.mark.parametrize("operation", ["exists", "read", "list", "write"])
+def test_access_denied_on_every_operation_names_the_s3_uri(s3_endpoint, s3_bucket, operation):
+    with S3FaultProxy(s3_endpoint) as proxy:
+        storage = open_storage(f"s3://{s3_bucket}/p", endpoint_url=proxy.url)
+        storage.write_bytes("m/x.parquet", b"1")
+        proxy.fail("error", code="AccessDenied", status=403)
+        call = {
+            "exists": lambda: storage.exists("m/x.parquet"),
+            "read": lambda: storage.read_bytes("m/x.parquet"),
+            "list": lambda: storage.list_keys("m/"),
+            "write": lambda: storage.write_bytes("m/x.parquet", b"2"),
+        }[operation]
+        with pytest.raises(StorageError, match=rf"s3://{s3_bucket}/p/m/.* failed: (access denied|403)"):
+            call()
+
+
+def test_connection_resets_are_clear_storage_errors_or_survived(s3_endpoint, s3_bucket):
+    with S3FaultProxy(s3_endpoint) as proxy:
+        storage = open_storage(f"s3://{s3_bucket}/p", endpoint_url=proxy.url)
+        proxy.fail("reset", times=1)
+        storage.write_bytes("k.txt", b"survives one reset")  # botocore retries a dropped connection
+        assert storage.read_bytes("k.txt") == b"survives one reset"
+        proxy.fail("reset")  # every request from now on
+        for call in (lambda: storage.read_bytes("k.txt"), lambda: storage.exists("k.txt"), storage.check):
+            with pytest.raises(StorageError, match=rf"s3://{s3_bucket}/p.* failed: cannot reach {proxy.url}"):
+                call()
+
+
+def test_temp_copies_of_a_killed_process_are_removed(s3_endpoint, s3_bucket, tmp_path):
+    parent = temp_parent()
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    leftover = os.path.join(parent, f"{dead.pid}-abc123")
+    os.makedirs(leftover)
+    open(os.path.join(leftover, "000000-events.parquet"), "wb").write(b"x")
+    storage = open_storage(f"s3://{s3_bucket}/p", endpoint_url=s3_endpoint)
+    storage.write_bytes("a.parquet", b"1")
+    with storage.local_paths(["a.parquet"]) as paths:
+        assert os.path.dirname(paths[0]).startswith(os.path.join(parent, f"{os.getpid()}-"))
+        assert not os.path.exists(leftover)  # swept when this process made its own
+    assert not os.path.exists(os.path.dirname(paths[0]))

@@ -21,7 +21,15 @@ import pyarrow.parquet as pq
 
 from renku_metrics.core.config import Deployment
 from renku_metrics.core.errors import ConfigError
-from renku_metrics.core.events import ACTIONS, RejectedRecord, TimeWindow, events_frame, to_arrow, validate_events
+from renku_metrics.core.events import (
+    ACTIONS,
+    RejectedRecord,
+    TimeWindow,
+    events_frame,
+    redact_personal,
+    to_arrow,
+    validate_events,
+)
 from renku_metrics.core.layout import raw_events_key, rejected_key
 from renku_metrics.core.manifest import Manifest
 from renku_metrics.core.sources import source_module
@@ -49,8 +57,11 @@ class DayExtract:
 
 
 def _rejected_line(record: RejectedRecord) -> str:
+    """One line of ``rejected.jsonl``: anything that looks personal is replaced by a hash."""
     return json.dumps(
-        {"source": record.source, "reason": record.reason, "record": record.record}, default=str, sort_keys=True
+        {"source": record.source, "reason": record.reason, "record": redact_personal(record.record)},
+        default=str,
+        sort_keys=True,
     )
 
 
@@ -157,8 +168,8 @@ def extract_day(
     for source_type, source in built.items():
         try:
             result = source.extract(window)
-        except SourceError:
-            raise
+        except SourceError as exc:
+            raise SourceError(f"{exc} (extracting day {day})") from exc
         except Exception as exc:  # anything unexpected still names deployment, source and day
             raise SourceError(
                 f"deployment {deployment.name!r}, source {source_type!r}, day {day}: {type(exc).__name__}: {exc}"

@@ -4,7 +4,14 @@ The layout of keys under the root is in ``renku_metrics.core.layout``.
 
 Every write replaces one whole object and becomes visible whole or not at all:
 locally through a temporary file and an atomic rename, on S3 through a single
-PUT. No Dagster in here.
+PUT. Local files get the usual permissions (0666 less the umask).
+
+A root is checked when it is opened (a mistyped ``s3:/bucket`` or a path under a
+file is refused, never taken as some local directory), and ``Storage.check()``
+verifies before a run that it can be used (bucket exists, credentials accepted,
+endpoint reachable), with a message saying which and never a secret. Copies of
+S3 objects for DuckDB go to a per-process temporary directory, removed when done
+and, after a crash, by the next process that opens S3 storage. No Dagster in here.
 """
 
 from __future__ import annotations
@@ -13,6 +20,7 @@ import contextlib
 import io
 import json
 import os
+import re
 import shutil
 import tempfile
 from abc import ABC, abstractmethod
@@ -29,6 +37,19 @@ if TYPE_CHECKING:
 
 STORAGE_ENV = "RENKU_METRICS_STORAGE"
 DEFAULT_ROOT = "./data"
+# Something that starts like a URL ("s3:/x", "gs://x", "file:x"): never a local directory here.
+_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")
+# S3 bucket naming rules (lower case letters, digits, dots and hyphens; 3 to 63 characters).
+_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+# Where S3 objects are copied for DuckDB: one subdirectory per process, "<pid>-<random>".
+TEMP_PARENT = "renku-metrics-tmp"
+
+
+def _file_mode() -> int:
+    """0666 less the process umask (mkstemp would leave 0600)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
 
 
 class StorageError(RuntimeError):
@@ -61,6 +82,10 @@ class Storage(ABC):
     def uri(self, key: str) -> str: ...
 
     @abstractmethod
+    def check(self) -> None:
+        """Raise StorageError, saying what is wrong, unless the root can be read and written."""
+
+    @abstractmethod
     @contextlib.contextmanager
     def local_paths(self, keys: list[str]) -> Iterator[list[str]]:
         """Local file paths for ``keys`` (downloaded to a temporary directory on S3)."""
@@ -88,6 +113,21 @@ class LocalStorage(Storage):
     def __init__(self, root: str | os.PathLike) -> None:
         self.path = Path(root).expanduser().resolve()
         self.root = str(self.path)
+        # The root, or its nearest existing ancestor, must be a directory.
+        existing = self.path
+        while not existing.exists() and existing != existing.parent:
+            existing = existing.parent
+        if not existing.is_dir():
+            where = "is" if existing == self.path else f"lies under {existing}, which is"
+            raise StorageError(f"storage root {str(root)!r}: {self.root} {where} a file, not a directory")
+
+    def check(self) -> None:
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StorageError(f"storage root {self.root}: cannot create the directory: {exc.strerror}") from None
+        if not os.access(self.path, os.W_OK | os.X_OK):
+            raise StorageError(f"storage root {self.root}: the directory is not writable")
 
     def _file(self, key: str) -> Path:
         return self.path / key
@@ -99,6 +139,7 @@ class LocalStorage(Storage):
         # crash) sees the old object or the new one, never half of one.
         fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-", suffix=".part")
         try:
+            os.fchmod(fd, _file_mode())
             with os.fdopen(fd, "wb") as handle:
                 handle.write(data)
                 handle.flush()
@@ -156,9 +197,41 @@ class S3Storage(Storage):
     def _key(self, key: str) -> str:
         return f"{self.prefix}/{key}" if self.prefix else key
 
-    def _fail(self, action: str, key: str, exc: Exception) -> StorageError:
-        code = getattr(exc, "response", {}).get("Error", {}).get("Code", type(exc).__name__)
-        return StorageError(f"S3 {action} of {self.uri(key)} failed: {code}: {exc}")
+    @staticmethod
+    def _code(exc: Exception) -> str | None:
+        """The S3 error code of a botocore ClientError; None for errors without a response."""
+        response = getattr(exc, "response", None) or {}
+        return (response.get("Error") or {}).get("Code") or None
+
+    def _endpoint(self) -> str:
+        return getattr(getattr(self.client, "meta", None), "endpoint_url", None) or "the S3 endpoint"
+
+    def _fail(self, action: str, key: str | None, exc: Exception) -> StorageError:
+        where = self.uri(key) if key is not None else self.root
+        code = self._code(exc)
+        if code is None:  # no response at all: connection refused or reset, timeout, DNS
+            return StorageError(
+                f"S3 {action} of {where} failed: cannot reach {self._endpoint()} ({type(exc).__name__})"
+            )
+        if code in ("NoSuchBucket",) or (code in ("404", "NotFound") and key is None):
+            return StorageError(f"S3 {action} of {where} failed: bucket {self.bucket!r} does not exist ({code})")
+        if code in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "ExpiredToken"):
+            return StorageError(
+                f"S3 {action} of {where} failed: credentials rejected ({code}: check AWS_ACCESS_KEY_ID and "
+                "AWS_SECRET_ACCESS_KEY or the profile in use)"
+            )
+        if code in ("AccessDenied", "403", "Forbidden"):
+            return StorageError(
+                f"S3 {action} of {where} failed: access denied ({code}: the credentials lack permission "
+                "on this bucket or prefix, or the key is wrong)"
+            )
+        return StorageError(f"S3 {action} of {where} failed: {code}: {exc}")
+
+    def check(self) -> None:
+        try:
+            self.client.list_objects_v2(Bucket=self.bucket, Prefix=self._key(""), MaxKeys=1)
+        except Exception as exc:
+            raise self._fail("check", None, exc) from exc
 
     def write_bytes(self, key: str, data: bytes) -> None:
         try:
@@ -179,8 +252,7 @@ class S3Storage(Storage):
             self.client.head_object(Bucket=self.bucket, Key=self._key(key))
             return True
         except Exception as exc:
-            code = getattr(exc, "response", {}).get("Error", {}).get("Code")
-            if code in ("404", "NoSuchKey", "NotFound"):
+            if self._code(exc) in ("404", "NoSuchKey", "NotFound"):
                 return False
             raise self._fail("lookup", key, exc) from exc
 
@@ -208,7 +280,7 @@ class S3Storage(Storage):
     def local_paths(self, keys: list[str]) -> Iterator[list[str]]:
         # DuckDB's httpfs extension would download itself at run time, which is
         # impossible offline: fetch the (small, per-period) objects instead.
-        tmp = tempfile.mkdtemp(prefix="renku-metrics-")
+        tmp = tempfile.mkdtemp(prefix=f"{os.getpid()}-", dir=temp_parent())
         try:
             paths = []
             for index, key in enumerate(keys):
@@ -219,6 +291,36 @@ class S3Storage(Storage):
             yield paths
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def temp_parent() -> str:
+    """The parent of the per-process temporary directories; leftovers of dead processes are removed."""
+    parent = os.path.join(tempfile.gettempdir(), TEMP_PARENT)
+    os.makedirs(parent, exist_ok=True)
+    sweep_stale_temp(parent)
+    return parent
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def sweep_stale_temp(parent: str) -> list[str]:
+    """Remove the temporary directories of processes that no longer run (killed mid-run)."""
+    removed = []
+    with contextlib.suppress(FileNotFoundError):
+        for name in os.listdir(parent):
+            pid, _, _ = name.partition("-")
+            if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+                shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
+                removed.append(name)
+    return removed
 
 
 def make_s3_client(endpoint_url: str | None = None, region_name: str | None = None) -> Any:
@@ -236,11 +338,22 @@ def open_storage(root: str | None = None, client: Any = None, endpoint_url: str 
     ``root`` defaults to $RENKU_METRICS_STORAGE, then ``./data``.
     """
     root = root or os.environ.get(STORAGE_ENV) or DEFAULT_ROOT
+    if root != root.strip() or any(ord(c) < 32 for c in root):
+        raise StorageError(f"storage root {root!r}: leading/trailing spaces or control characters")
     if root.startswith("s3://"):
         parsed = urlparse(root)
         if not parsed.netloc:
             raise StorageError(f"storage root {root!r}: no bucket name (expected s3://bucket/prefix)")
+        if not _BUCKET.match(parsed.netloc):
+            raise StorageError(
+                f"storage root {root!r}: {parsed.netloc!r} is not a valid S3 bucket name (expected s3://bucket/prefix)"
+            )
+        if parsed.query or parsed.fragment or "//" in parsed.path:
+            raise StorageError(f"storage root {root!r}: expected s3://bucket/prefix without '?', '#' or '//'")
         return S3Storage(parsed.netloc, parsed.path, client or make_s3_client(endpoint_url))
-    if "://" in root:
-        raise StorageError(f"storage root {root!r}: only local directories and s3:// are supported")
+    if _SCHEME.match(root):
+        raise StorageError(
+            f"storage root {root!r}: only local directories and s3://bucket/prefix are supported "
+            "(an s3 root needs two slashes)"
+        )
     return LocalStorage(root)

@@ -104,6 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     instance = DagsterInstance.get()
     try:
         storage = open_storage()
+        storage.check()
     except StorageError as exc:
         print(f"renku-metrics: {exc}", file=sys.stderr)
         return 2

@@ -122,6 +122,7 @@ def build_raw_events_asset(deployment: Deployment) -> AssetsDefinition:
     )
     def raw_events(context: AssetExecutionContext, metrics_storage: MetricsStorageResource) -> MaterializeResult:
         storage = metrics_storage.get_storage()
+        storage.check()  # bucket, credentials, endpoint: fail before any upstream is read
         window = context.partition_time_window
         day = window.start.date()
         extracts = []
