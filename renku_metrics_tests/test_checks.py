@@ -13,11 +13,11 @@ from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PART
 
 from renku_metrics.core.catalog import CATALOG_FILE, load_catalog
 from renku_metrics.core.events import EVENT_SCHEMA, pseudonymize_user
+from renku_metrics.core.raw_checks import count_violations
 from renku_metrics.core.readers import read_metrics
 from renku_metrics.core.storage import LocalStorage
 from renku_metrics.definitions import build_defs
 from renku_metrics.defs.aggregates.checks import check_core, evaluate_target
-from renku_metrics.defs.raw_events.assets import count_violations
 
 from .helpers import ev, write_config
 

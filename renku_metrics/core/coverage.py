@@ -56,7 +56,17 @@ DayStatus = tuple[bool, list[str]]  # (the day has events, notes of sources that
 
 
 def day_status(manifest: Manifest) -> DayStatus:
-    """What a day's manifest says about its events and its sources' coverage."""
+    """What a day's manifest says about its events and its sources' coverage.
+
+    A day withheld by a failed blocking check contributes no events and makes
+    its periods incomplete, with a note naming the checks.
+    """
+    if manifest.withheld:
+        note = (
+            f"{manifest.date} withheld: blocking raw-event checks failed ({', '.join(manifest.failed_checks())}); "
+            "its events are left out"
+        )
+        return False, [*manifest.incomplete_notes(), note]
     return manifest.has_events, manifest.incomplete_notes()
 
 

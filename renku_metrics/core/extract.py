@@ -4,6 +4,15 @@ A day is written in three steps, each an atomic replace of one object: the
 events Parquet file, the rejected records (if any), and last the manifest. A
 source that fails raises before anything is written, so the day's previous
 data stays intact; a rerun replaces the day, never appends to it.
+
+The blocking raw-event checks (``core.raw_checks``) run on the day's rows in
+memory before anything is written. A day that fails one is withheld: its rows go
+to ``rejected/.../withheld_events.parquet`` (personal-looking values hashed), no
+events file is published for it, and its manifest records the violations, so
+the aggregates leave the day out and call its periods incomplete.
+
+A record that appears on several days belongs to the earliest of them, whatever
+the order of extraction (see ``RecentEventIds``).
 """
 
 from __future__ import annotations
@@ -30,8 +39,16 @@ from renku_metrics.core.events import (
     to_arrow,
     validate_events,
 )
-from renku_metrics.core.layout import raw_events_key, rejected_key
+from renku_metrics.core.layout import (
+    day_of_key,
+    is_events_key,
+    raw_events_key,
+    raw_events_prefix,
+    rejected_key,
+    withheld_key,
+)
 from renku_metrics.core.manifest import Manifest
+from renku_metrics.core.raw_checks import table_violations
 from renku_metrics.core.sources import source_module
 from renku_metrics.core.sources.base import SourceError
 from renku_metrics.core.storage import Storage
@@ -50,6 +67,8 @@ class DayExtract:
     rejected_uri: str | None = None
     incomplete: list[str] = field(default_factory=list)
     repeated_from_earlier_days: int = 0
+    taken_from_later_days: int = 0  # records of this day that later days held, removed there
+    checks: dict[str, int] = field(default_factory=dict)  # rows breaking each blocking check
 
     @property
     def complete(self) -> bool:
@@ -65,13 +84,21 @@ def _rejected_line(record: RejectedRecord) -> str:
     )
 
 
+# How far apart two days can hold the same upstream record (a commit pushed to a
+# branch, fast-forwarded onto master by someone else weeks later).
 DEDUP_LOOKBACK_DAYS = 90
 
 
 class RecentEventIds:
-    """Event ids stored for a deployment on the days before a given day (bounded lookback).
+    """Event ids stored for a deployment, day by day, around the day being extracted.
 
-    Keeps what it has read, so a run over many consecutive days reads each day once.
+    A record that appears on several days belongs to the earliest of them (within
+    ``lookback_days``): extracting day D drops the ids stored on the days before
+    D, and takes the ids D now holds away from the stored days after D. So the
+    store does not depend on the order in which days are extracted.
+
+    Keeps what it has read (one listing of the stored days, then each day's ids
+    once), so a run over many days, in any order, reads each day once.
     """
 
     def __init__(self, storage: Storage, deployment: str, lookback_days: int = DEDUP_LOOKBACK_DAYS) -> None:
@@ -79,27 +106,86 @@ class RecentEventIds:
         self.deployment = deployment
         self.lookback_days = lookback_days
         self._by_day: dict[dt.date, set[str]] = {}
+        self._stored: set[dt.date] | None = None
+
+    def _stored_days(self) -> set[dt.date]:
+        if self._stored is None:
+            self._stored = {
+                day_of_key(key)
+                for key in self.storage.list_keys(raw_events_prefix(self.deployment))
+                if is_events_key(key)
+            }
+        return self._stored
 
     def _load(self, day: dt.date) -> set[str]:
         if day not in self._by_day:
-            key = raw_events_key(self.deployment, day)
             ids: set[str] = set()
-            if self.storage.exists(key):
+            if day in self._stored_days():
+                key = raw_events_key(self.deployment, day)
                 table = pq.read_table(io.BytesIO(self.storage.read_bytes(key)), columns=["event_id"])
                 ids = set(table.column("event_id").to_pylist())
             self._by_day[day] = ids
         return self._by_day[day]
 
+    def _prune(self, day: dt.date) -> None:
+        reach = dt.timedelta(days=self.lookback_days + 1)
+        for old in [d for d in self._by_day if not day - reach <= d <= day + reach]:
+            del self._by_day[old]
+
     def before(self, day: dt.date) -> set[str]:
+        """Ids stored on the ``lookback_days`` days before ``day``."""
+        self._prune(day)
         ids: set[str] = set()
         for back in range(1, self.lookback_days + 1):
             ids |= self._load(day - dt.timedelta(days=back))
-        for old in [d for d in self._by_day if d < day - dt.timedelta(days=self.lookback_days + 1)]:
-            del self._by_day[old]
         return ids
 
-    def add(self, day: dt.date, ids: set[str]) -> None:
-        self._by_day[day] = ids
+    def later_days_holding(self, day: dt.date, ids: set[str]) -> dict[dt.date, set[str]]:
+        """{later day: the ``ids`` it stores}, for the stored days within ``lookback_days`` after ``day``."""
+        found = {}
+        for ahead in range(1, self.lookback_days + 1):
+            later = day + dt.timedelta(days=ahead)
+            if later in self._stored_days():
+                common = self._load(later) & ids
+                if common:
+                    found[later] = common
+        return found
+
+    def add(self, day: dt.date, ids: set[str], published: bool = True) -> None:
+        self._by_day[day] = set(ids)
+        if published:
+            self._stored_days().add(day)
+        else:
+            self._stored_days().discard(day)
+
+    def remove(self, day: dt.date, ids: set[str]) -> None:
+        self._by_day[day] = self._load(day) - ids
+
+
+def _give_up_to_earlier_day(storage: Storage, deployment: str, later: dt.date, ids: set[str]) -> int:
+    """Remove ``ids`` from the stored day ``later`` (they belong to an earlier day); its manifest follows.
+
+    Events first, then the manifest, each an atomic replace: a crash in between
+    leaves correct events and stale counts, which the next extract of either day rewrites.
+    """
+    key = raw_events_key(deployment, later)
+    stored = storage.read_parquet(key).to_pandas()
+    keep = ~stored["event_id"].isin(ids)
+    removed = int((~keep).sum())
+    if not removed:
+        return 0
+    kept = stored[keep].reset_index(drop=True)
+    kept["occurred_at"] = kept["occurred_at"].astype("datetime64[us, UTC]")
+    storage.write_parquet(key, to_arrow(kept))
+    manifest = Manifest.read(storage, deployment, later)
+    if manifest is not None:
+        manifest.row_count = int(len(kept))
+        manifest.users = int(kept["user_id"].nunique()) if len(kept) else 0
+        counts = kept["action"].value_counts()
+        manifest.by_action = {a: int(counts.get(a, 0)) for a in ACTIONS}
+        manifest.repeated_from_earlier_days += removed
+        manifest.write(storage)
+    return removed
 
 
 def build_sources(deployment: Deployment, env: Mapping[str, str]) -> dict[str, Any]:
@@ -155,9 +241,11 @@ def extract_day(
     """Extract all sources of ``deployment`` for the UTC day ``day`` and store the result.
 
     ``sources_by_type`` lets a multi-day run reuse its source objects (and their
-    caches, e.g. GitLab user lookups); by default they are built here. Events whose
-    id was already stored on one of the previous ``DEDUP_LOOKBACK_DAYS`` days are
-    dropped and counted; ``recent_ids`` lets a multi-day run keep those ids in memory.
+    caches, e.g. GitLab user lookups); by default they are built here. A record
+    belongs to the earliest day it appears on (within ``DEDUP_LOOKBACK_DAYS``):
+    events whose id is stored on an earlier day are dropped and counted; events of
+    this day that later stored days hold are removed there, after this day is
+    written. ``recent_ids`` lets a multi-day run keep those ids in memory.
     """
     env = os.environ if env is None else env
     now = now or dt.datetime.now(dt.timezone.utc)
@@ -191,15 +279,27 @@ def extract_day(
     valid, invalid = validate_events(candidates, window, deployment.name)
     rejected.extend(invalid)
     # The same upstream record can surface again on a later day (a commit pushed to a
-    # branch, then fast-forwarded onto master by someone else): the first day wins.
-    earlier = recent_ids.before(day) if recent_ids is not None else RecentEventIds(storage, deployment.name).before(day)
+    # branch, then fast-forwarded onto master by someone else): the earliest day wins,
+    # whatever order the days are extracted in.
+    recent_ids = recent_ids if recent_ids is not None else RecentEventIds(storage, deployment.name)
+    earlier = recent_ids.before(day)
     # A set lookup per row: pandas' isin would rebuild the (large) lookup on every call.
     repeated = pd.Series([e in earlier for e in valid["event_id"].tolist()], index=valid.index, dtype=bool)
     valid = valid[~repeated].reset_index(drop=True)
-    if recent_ids is not None:
-        recent_ids.add(day, set(valid["event_id"]))
-
-    storage.write_parquet(raw_events_key(deployment.name, day), to_arrow(valid))
+    kept_ids = set(valid["event_id"])
+    table = to_arrow(valid)
+    # Blocking checks before anything is published: a failing day is withheld.
+    checks = table_violations(table, day.isoformat())
+    withheld = any(checks.values())
+    ekey, wkey = raw_events_key(deployment.name, day), withheld_key(deployment.name, day)
+    if withheld:
+        kept_ids = set()
+        storage.write_parquet(wkey, to_arrow(valid.map(redact_personal)))
+        storage.delete(ekey)
+    else:
+        storage.write_parquet(ekey, table)
+        storage.delete(wkey)
+    later_days = recent_ids.later_days_holding(day, kept_ids)
     rkey = rejected_key(deployment.name, day)
     if rejected:
         storage.write_bytes(rkey, ("\n".join(_rejected_line(r) for r in rejected) + "\n").encode())
@@ -212,6 +312,9 @@ def extract_day(
         for name, info in sources.items()
         if not info["complete"]
     ]
+    if withheld:
+        failed = ", ".join(f"{name} ({n} rows)" for name, n in sorted(checks.items()) if n)
+        incomplete.append(f"withheld: blocking raw-event checks failed ({failed}); see {storage.uri(wkey)}")
     manifest = Manifest(
         deployment=deployment.name,
         date=day.isoformat(),
@@ -222,8 +325,15 @@ def extract_day(
         repeated_from_earlier_days=int(repeated.sum()),
         by_action=by_action,
         sources=sources,
+        checks=checks,
     )
     manifest.write(storage)
+    recent_ids.add(day, kept_ids, published=not withheld)
+    # Only once this day is stored: take its records away from later days that hold them.
+    taken = 0
+    for later, ids in sorted(later_days.items()):
+        taken += _give_up_to_earlier_day(storage, deployment.name, later, ids)
+        recent_ids.remove(later, ids)
     return DayExtract(
         deployment=deployment.name,
         day=day,
@@ -232,8 +342,10 @@ def extract_day(
         by_action=by_action,
         users=manifest.users,
         sources=sources,
-        events_uri=storage.uri(raw_events_key(deployment.name, day)),
+        events_uri=storage.uri(wkey if withheld else ekey),
         rejected_uri=storage.uri(rkey) if rejected else None,
         incomplete=incomplete,
         repeated_from_earlier_days=int(repeated.sum()),
+        taken_from_later_days=taken,
+        checks=checks,
     )

@@ -6,6 +6,8 @@ Under the storage root (a local directory or ``s3://bucket/prefix``)::
     raw_events/deployment=<name>/date=YYYY-MM-DD/_manifest.json   written last: what was extracted,
                                                                   per-source coverage and counts
     rejected/deployment=<name>/date=YYYY-MM-DD/rejected.jsonl     records that failed validation
+    rejected/deployment=<name>/date=YYYY-MM-DD/withheld_events.parquet  a day that failed a blocking
+                                                                  check (personal-looking values hashed)
     metrics/<table>/period=YYYY-MM-DD/<table>.parquet             one aggregate period (Monday of
                                                                   the ISO week, or 1st of the month)
 
@@ -40,6 +42,10 @@ def rejected_prefix(deployment: str) -> str:
 
 def rejected_key(deployment: str, day: dt.date) -> str:
     return f"{rejected_prefix(deployment)}date={day.isoformat()}/rejected.jsonl"
+
+
+def withheld_key(deployment: str, day: dt.date) -> str:
+    return f"{rejected_prefix(deployment)}date={day.isoformat()}/withheld_events.parquet"
 
 
 def metrics_prefix(table: str) -> str:

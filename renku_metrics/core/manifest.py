@@ -30,6 +30,8 @@ class Manifest:
     repeated_from_earlier_days: int
     by_action: dict[str, int]
     sources: dict[str, SourceInfo] = field(default_factory=dict)
+    # Rows breaking each blocking raw-event check; any violation withholds the day.
+    checks: dict[str, int] = field(default_factory=dict)
 
     @property
     def day(self) -> dt.date:
@@ -43,6 +45,14 @@ class Manifest:
     def complete(self) -> bool:
         """Every source read its whole window."""
         return all(info.get("complete", True) for info in self.sources.values())
+
+    @property
+    def withheld(self) -> bool:
+        """The day failed a blocking check: its events are not published, the aggregates leave it out."""
+        return any(self.checks.values())
+
+    def failed_checks(self) -> list[str]:
+        return [f"{name} ({n} rows)" for name, n in sorted(self.checks.items()) if n]
 
     def source(self, name: str) -> SourceInfo:
         return self.sources.get(name, {})
@@ -70,6 +80,7 @@ class Manifest:
             repeated_from_earlier_days=int(raw.get("repeated_from_earlier_days", 0)),
             by_action=dict(raw.get("by_action", {})),
             sources=dict(raw.get("sources", {})),
+            checks={k: int(v) for k, v in (raw.get("checks") or {}).items()},
         )
 
     def write(self, storage: Storage) -> None:
