@@ -35,13 +35,27 @@ def test_asset_keys_snapshot():
     }
     assert expected <= keys
     extra = keys - expected
-    assert extra <= {"lifecycle_weekly", "lifecycle_monthly", "stickiness_monthly", "retention_weekly"}, extra
+    assert extra <= {
+        "lifecycle_weekly",
+        "lifecycle_monthly",
+        "stickiness_monthly",
+        "retention_weekly",
+        "metrics_report",
+    }, extra
 
 
 def test_jobs_and_schedules_snapshot():
     defs = shipped_defs()
     jobs = {j.name for j in defs.resolve_all_job_defs()} - {"__ASSET_JOB"}
-    assert jobs == {"demo_daily_extract", "demo_small_daily_extract", "weekly_metrics", "monthly_metrics"}
+    assert jobs == {
+        "demo_daily_extract",
+        "demo_small_daily_extract",
+        "weekly_metrics",
+        "monthly_metrics",
+        "metrics_report_job",
+    }
+    sensors = {s.name for s in defs.get_repository_def().sensor_defs}
+    assert "metrics_report_sensor" in sensors
     schedules = {s.name: s for s in defs.get_repository_def().schedule_defs}
     assert set(schedules) == {
         "demo_daily_extract_schedule",
@@ -95,7 +109,7 @@ def test_every_asset_has_description_group_and_owner():
         node = graph.get(key)
         assert node.description and len(node.description) > 80, key
         assert "annot see" in node.description or "Cannot see" in node.description, key
-        assert node.group_name in ("raw_events", "metrics", "engagement"), key
+        assert node.group_name in ("raw_events", "metrics", "engagement", "report"), key
         assert node.owners, key
 
 

@@ -1,5 +1,6 @@
 """The example notebook executes against real stored metrics."""
 
+import base64
 from pathlib import Path
 
 import nbformat
@@ -43,9 +44,19 @@ def test_notebook_executes(tmp_path, monkeypatch):
         o.get("text", "") for cell in notebook.cells if cell.cell_type == "code" for o in cell.get("outputs", [])
     )
     assert "5 weekly rows" not in outputs and "weekly rows" in outputs
-    assert (tmp_path / "weekly_share.png").stat().st_size > 10_000
-    assert (tmp_path / "weekly_active_users.png").exists()
-    assert (tmp_path / "weekly_lifecycle.png").stat().st_size > 10_000
+    # Every chart is shown inline: an image output per chart, in the cells that draw them.
+    images = {
+        i: [o["data"]["image/png"] for o in cell.get("outputs", []) if "image/png" in o.get("data", {})]
+        for i, cell in enumerate(notebook.cells)
+        if cell.cell_type == "code"
+    }
+    drawn = [i for i, cell in enumerate(notebook.cells) if cell.cell_type == "code" and "show(charts." in cell.source]
+    assert len(drawn) >= 4
+    for i in drawn:
+        assert images[i] and all(len(base64.b64decode(png)) > 10_000 for png in images[i]), i
+    assert sum(len(v) for v in images.values()) == 5  # weekly share + users, active users, monthly, lifecycle
+    # Nothing written unless asked.
+    assert not list(tmp_path.glob("*.png"))
     assert "Share (%) of each weekly cohort" in outputs and "wau_mau" in outputs
     errors = [o for cell in notebook.cells for o in cell.get("outputs", []) if o.get("output_type") == "error"]
     assert not errors

@@ -10,6 +10,8 @@ Under the storage root (a local directory or ``s3://bucket/prefix``)::
                                                                   check (personal-looking values hashed)
     metrics/<table>/period=YYYY-MM-DD/<table>.parquet             one aggregate period (Monday of
                                                                   the ISO week, or 1st of the month)
+    reports/<report>/<file>                                       the latest report (markdown and
+                                                                  PNG charts), replaced on each run
 
 Plain Python, no Dagster.
 """
@@ -54,6 +56,10 @@ def metrics_prefix(table: str) -> str:
 
 def metrics_key(table: str, period_start: dt.date) -> str:
     return f"{metrics_prefix(table)}period={period_start.isoformat()}/{table}.parquet"
+
+
+def report_key(report: str, file: str) -> str:
+    return f"reports/{report}/{file}"
 
 
 def day_of_key(key: str) -> dt.date:

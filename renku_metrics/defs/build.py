@@ -20,6 +20,7 @@ from renku_metrics.defs.engagement.assets import build_engagement_assets
 from renku_metrics.defs.raw_events.assets import build_raw_events_asset
 from renku_metrics.defs.raw_events.checks import build_raw_events_freshness_checks
 from renku_metrics.defs.raw_events.schedules import build_daily_extract_schedule
+from renku_metrics.defs.report.assets import build_report_asset, build_report_job_and_sensor
 from renku_metrics.defs.resources import metrics_storage_resource
 
 
@@ -46,19 +47,23 @@ def build_defs(
         job, schedule = build_period_job_and_schedule(config, period, [*assets, *engagement[period]])
         jobs.append(job)
         schedules.append(schedule)
+    report = build_report_asset()
+    report_job, report_sensor = build_report_job_and_sensor(report)
+    jobs.append(report_job)
     checks = [
         *build_raw_events_freshness_checks([a.key for a in raw_assets]),
         *build_weekly_freshness_checks([k for a in [*weekly, *engagement["week"]] for k in a.keys]),
     ]
     return Definitions(
-        assets=[*raw_assets, *weekly, *monthly, *engagement["week"], *engagement["month"]],
+        assets=[*raw_assets, *weekly, *monthly, *engagement["week"], *engagement["month"], report],
         asset_checks=checks,
         jobs=jobs,
         schedules=schedules,
         sensors=[
             build_sensor_for_freshness_checks(
                 freshness_checks=checks, name="freshness_checks_sensor", default_status=DefaultSensorStatus.RUNNING
-            )
+            ),
+            report_sensor,
         ],
         resources={"metrics_storage": metrics_storage_resource(storage_root)},
         # Every run executes its steps in the run's own process: a backfill runs one period

@@ -119,6 +119,8 @@ def main(argv: list[str] | None = None) -> int:
     run_periods(defs, "weekly_metrics", *steps["weeks"], instance)
     if steps["months"]:
         run_periods(defs, "monthly_metrics", *steps["months"], instance)
+    defs.resolve_job_def("metrics_report_job").execute_in_process(instance=instance, raise_on_error=True)
+    print("  metrics_report: charts in the asset's metadata and under reports/metrics_report/")
 
     weekly = read_metrics("week", storage=storage)
     first_week, last_week = steps["weeks"]

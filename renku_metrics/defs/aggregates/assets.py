@@ -60,7 +60,7 @@ def _fmt_pct(value) -> str:
     return "-" if pd.isna(value) else f"{value:.1f}%"
 
 
-def _markdown_core(frame: pd.DataFrame) -> str:
+def markdown_core(frame: pd.DataFrame) -> str:
     metrics = list(dict.fromkeys(frame["metric"]))
     lines = [
         "| period | deployment | active users | " + " | ".join(f"{m} users (pct)" for m in metrics) + " | complete |",
@@ -107,7 +107,7 @@ def _core_metadata(storage: Storage, table: str, frame: pd.DataFrame) -> dict:
         "period": str(frame["period_start"].iloc[0]),
         "dagster/row_count": len(frame),
         "dagster/uri": MetadataValue.path(storage.uri(metrics_key(table, frame["period_start"].iloc[0]))),
-        "table": MetadataValue.md(_markdown_core(frame)),
+        "table": MetadataValue.md(markdown_core(frame)),
         "complete": bool(frame["complete"].all()),
     }
     for r in frame.drop_duplicates("deployment").itertuples():
@@ -264,7 +264,7 @@ def build_metric_assets(config: MetricsConfig, catalog: Catalog, period: str) ->
             context,
             core_key,
             {str(f["period_start"].iloc[0]): _core_metadata(storage, core_key.path[-1], f) for f in core_frames},
-            _run_summary(core_frames, _markdown_core),
+            _run_summary(core_frames, markdown_core),
         )
         yield MaterializeResult(asset_key=active_key, metadata=active_meta, check_results=active_checks)
         yield MaterializeResult(asset_key=core_key, metadata=core_meta, check_results=core_checks)

@@ -1,0 +1,141 @@
+"""Charts of the metrics over time (matplotlib), shared by the report asset and the notebook.
+
+Every function takes the frames the readers return (``read_metrics``) and returns
+a ``matplotlib.figure.Figure`` built without pyplot, so it works under any backend
+(a Dagster run, Jupyter, a script) and never opens a window. ``png_bytes`` renders
+one. Provisional rows (``complete == False``) are drawn dashed with hollow markers.
+Plain Python, no Dagster.
+"""
+
+from __future__ import annotations
+
+import io
+
+import pandas as pd
+from matplotlib.figure import Figure
+
+PROVISIONAL = "dashed, hollow: provisional (period not over or data incomplete)"
+_MEASURES = {"pct": "% of active users", "users": "distinct users"}
+
+
+def latest_complete(frame: pd.DataFrame):
+    """period_start of the latest period whose rows are all complete (None if there is none)."""
+    if frame.empty:
+        return None
+    done = frame.groupby("period_start")["complete"].all()
+    done = done[done]
+    return None if done.empty else done.index.max()
+
+
+def last_periods(frame: pd.DataFrame, count: int | None) -> pd.DataFrame:
+    """Rows of the last ``count`` periods (all when None)."""
+    if count is None or frame.empty:
+        return frame
+    keep = sorted(frame["period_start"].unique())[-count:]
+    return frame[frame["period_start"].isin(keep)]
+
+
+def metric_chart(frame: pd.DataFrame, measure: str, title: str) -> Figure:
+    """One panel per deployment (``all`` first), one line per metric, of ``measure``
+    ("pct" or "users") over the periods of ``frame``."""
+    if measure not in _MEASURES:
+        raise ValueError(f"measure must be one of {sorted(_MEASURES)}, not {measure!r}")
+    deployments = list(dict.fromkeys(frame["deployment"])) or ["(no data)"]
+    deployments.sort(key=lambda d: d != "all")
+    fig = Figure(figsize=(10, 2.6 * len(deployments) + 0.9), dpi=80)
+    axes = fig.subplots(len(deployments), 1, sharex=True, squeeze=False)[:, 0]
+    metrics = list(dict.fromkeys(frame["metric"])) if "metric" in frame else []
+    colors = {m: f"C{i}" for i, m in enumerate(metrics)}
+    for ax, deployment in zip(axes, deployments, strict=True):
+        rows = frame[frame["deployment"] == deployment]
+        for metric in metrics:
+            series = rows[rows["metric"] == metric].sort_values("period_start")
+            if series.empty:
+                continue
+            x = pd.to_datetime(series["period_start"])
+            y = series[measure].astype("float64")
+            done = series["complete"].astype(bool).to_numpy()
+            color = colors[metric]
+            ax.plot(x, y.where(done), marker="o", ms=3, color=color, label=metric)
+            # Provisional points, joined to their complete neighbours by a dashed line.
+            provisional = pd.Series(~done, index=series.index)
+            near = provisional | provisional.shift(1, fill_value=False) | provisional.shift(-1, fill_value=False)
+            ax.plot(x, y.where(near.to_numpy()), ls="--", color=color)
+            ax.plot(x[~done], y[~done], ls="none", marker="o", ms=5, mfc="white", mec=color)
+        ax.set_title(deployment, loc="left", fontsize=10)
+        ax.set_ylabel(_MEASURES[measure])
+        ax.grid(alpha=0.3)
+        if measure == "pct":
+            ax.set_ylim(bottom=0)
+    if metrics:
+        axes[0].legend(loc="lower left", bbox_to_anchor=(0, 1.08), ncol=min(len(metrics), 5), frameon=False)
+    fig.suptitle(title, fontsize=11)
+    fig.text(0.99, 0.005, PROVISIONAL, ha="right", va="bottom", fontsize=8, color="0.4")
+    fig.autofmt_xdate()
+    fig.tight_layout(rect=(0, 0.02, 1, 1))
+    return fig
+
+
+def report_charts(weekly: pd.DataFrame, monthly: pd.DataFrame, weeks: int = 52) -> dict[str, Figure]:
+    """The report's charts: share of active users and distinct users, per deployment and
+    core action, over the last ``weeks`` weeks and over all months."""
+    recent = last_periods(weekly, weeks)
+    charts = {}
+    for name, frame, span in (("weekly", recent, f"last {weeks} weeks"), ("monthly", monthly, "all months")):
+        if frame.empty:
+            continue
+        charts[f"{name}_share"] = metric_chart(frame, "pct", f"Share of active users per core action, {span}")
+        charts[f"{name}_users"] = metric_chart(frame, "users", f"Distinct users per core action, {span}")
+    return charts
+
+
+def png_bytes(fig: Figure) -> bytes:
+    """The figure as PNG."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    return buffer.getvalue()
+
+
+def active_users_chart(frame: pd.DataFrame, title: str) -> Figure:
+    """Active users (the denominator) per deployment over the periods of ``frame``
+    (rows of ``read_active_users``); provisional periods hollow."""
+    fig = Figure(figsize=(10, 3.2), dpi=80)
+    ax = fig.subplots()
+    for i, (deployment, rows) in enumerate(frame.groupby("deployment", sort=False)):
+        rows = rows.sort_values("period_start")
+        x = pd.to_datetime(rows["period_start"])
+        done = rows["complete"].astype(bool).to_numpy()
+        ax.plot(x, rows["active_users"], marker=".", color=f"C{i}", label=deployment)
+        ax.plot(x[~done], rows["active_users"][~done], ls="none", marker="o", mfc="white", mec=f"C{i}")
+    ax.set_ylabel("active users")
+    ax.grid(alpha=0.3)
+    ax.legend(frameon=False)
+    fig.suptitle(title, fontsize=11)
+    fig.autofmt_xdate()
+    fig.tight_layout()
+    return fig
+
+
+def lifecycle_chart(frame: pd.DataFrame, title: str) -> Figure:
+    """New, returning and resurrected users stacked above zero and dormant users below,
+    one panel per deployment (rows of ``read_lifecycle``, ``all`` left out)."""
+    deployments = [d for d in dict.fromkeys(frame["deployment"]) if d != "all"] or ["(no data)"]
+    fig = Figure(figsize=(10, 2.6 * len(deployments) + 0.9), dpi=80)
+    axes = fig.subplots(len(deployments), 1, sharex=True, squeeze=False)[:, 0]
+    for ax, deployment in zip(axes, deployments, strict=True):
+        rows = frame[frame["deployment"] == deployment].sort_values("period_start")
+        x = pd.to_datetime(rows["period_start"])
+        width = 5 if len(rows) < 2 else max(1, 0.7 * (x.diff().dt.days.median()))
+        ax.bar(x, rows["returning_users"], width=width, label="returning")
+        ax.bar(x, rows["new_users"], width=width, bottom=rows["returning_users"], label="new")
+        bottom = rows["returning_users"] + rows["new_users"]
+        ax.bar(x, rows["resurrected_users"], width=width, bottom=bottom, label="resurrected")
+        ax.bar(x, -rows["dormant_users"], width=width, label="dormant")
+        ax.axhline(0, color="black", lw=0.5)
+        ax.set_title(deployment, loc="left", fontsize=10)
+        ax.set_ylabel("users")
+    axes[0].legend(loc="lower left", bbox_to_anchor=(0, 1.08), ncol=4, frameon=False)
+    fig.suptitle(title, fontsize=11)
+    fig.autofmt_xdate()
+    fig.tight_layout()
+    return fig

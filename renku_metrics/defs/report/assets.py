@@ -1,0 +1,173 @@
+"""The metrics report: one unpartitioned asset the team reads every Monday.
+
+``metrics_report`` reads the stored weekly and monthly core actions and shows, in
+its materialization: the latest complete week and month as a table, charts
+(matplotlib PNGs embedded in the markdown metadata) of each core action's share of
+active users and distinct users per deployment over the last 52 weeks and over all
+months, provisional periods marked, and the latest complete week's headline
+numbers as numeric metadata (so its Plots tab builds a weekly series). The same
+report is written under ``reports/metrics_report/`` in the storage root.
+
+A sensor refreshes it after the weekly or monthly aggregates were materialized
+(and none of their runs is still in progress).
+"""
+
+import base64
+
+import pandas as pd
+from dagster import (
+    AssetExecutionContext,
+    AssetKey,
+    AssetRecordsFilter,
+    AssetsDefinition,
+    DagsterRunStatus,
+    DefaultSensorStatus,
+    MaterializeResult,
+    MetadataValue,
+    RunRequest,
+    RunsFilter,
+    SensorEvaluationContext,
+    SkipReason,
+    asset,
+    define_asset_job,
+    sensor,
+)
+
+from renku_metrics.core.charts import latest_complete, png_bytes, report_charts
+from renku_metrics.core.layout import report_key
+from renku_metrics.core.readers import read_metrics
+from renku_metrics.defs.aggregates.assets import markdown_core
+from renku_metrics.defs.keys import OWNERS, core_actions_name
+from renku_metrics.defs.resources import MetricsStorageResource
+
+NAME = "metrics_report"
+KEY = AssetKey(NAME)
+UPSTREAM = [AssetKey(core_actions_name("week")), AssetKey(core_actions_name("month"))]
+WEEKS_CHARTED = 52
+_IN_PROGRESS = [
+    DagsterRunStatus.QUEUED,
+    DagsterRunStatus.NOT_STARTED,
+    DagsterRunStatus.STARTING,
+    DagsterRunStatus.STARTED,
+]
+_CAPTIONS = {
+    "weekly_share": "Share of active users per core action, per deployment, last 52 weeks",
+    "weekly_users": "Distinct users per core action, per deployment, last 52 weeks",
+    "monthly_share": "Share of active users per core action, per deployment, all months",
+    "monthly_users": "Distinct users per core action, per deployment, all months",
+}
+
+
+def _headline(frame: pd.DataFrame, prefix: str) -> dict:
+    meta: dict = {}
+    for r in frame.drop_duplicates("deployment").itertuples():
+        meta[f"{prefix}/{r.deployment}/active_users"] = int(r.active_users)
+    for r in frame.itertuples():
+        meta[f"{prefix}/{r.deployment}/{r.metric}/users"] = int(r.users)
+        if not pd.isna(r.pct):
+            meta[f"{prefix}/{r.deployment}/{r.metric}/pct"] = float(r.pct)
+    return meta
+
+
+def build_report(weekly: pd.DataFrame, monthly: pd.DataFrame) -> tuple[str, dict[str, bytes], dict]:
+    """(markdown of the tables, PNG per chart name, numeric headline metadata)."""
+    parts, meta = ["# Renku metrics report", ""], {}
+    for label, frame in (("week", weekly), ("month", monthly)):
+        start = latest_complete(frame)
+        if start is None:
+            parts += [f"No complete {label} yet.", ""]
+            meta[f"latest_complete_{label}"] = MetadataValue.null()
+            continue
+        rows = frame[frame["period_start"] == start]
+        parts += [f"## Latest complete {label}: {start}", "", markdown_core(rows), ""]
+        meta[f"latest_complete_{label}"] = str(start)
+        if label == "week":
+            meta.update(_headline(rows, "week"))
+    charts = {name: png_bytes(fig) for name, fig in report_charts(weekly, monthly, WEEKS_CHARTED).items()}
+    return "\n".join(parts), charts, meta
+
+
+def _embedded(name: str, png: bytes) -> str:
+    return f"![{_CAPTIONS.get(name, name)}](data:image/png;base64,{base64.b64encode(png).decode()})"
+
+
+def build_report_asset() -> AssetsDefinition:
+    @asset(
+        key=KEY,
+        deps=UPSTREAM,
+        group_name="report",
+        owners=OWNERS,
+        kinds={"python", "matplotlib"},
+        description=(
+            "The weekly report: the latest complete week and month as a table (users and share of active users "
+            "per deployment and core action), charts of each core action's share of active users and distinct "
+            f"users per deployment over the last {WEEKS_CHARTED} weeks and over all months (provisional periods "
+            "dashed with hollow markers), and the latest complete week's numbers as metadata "
+            "(`week/<deployment>/<metric>/pct`, `.../users`, `week/<deployment>/active_users`), which the Plots "
+            "tab draws week by week. Also written to `reports/metrics_report/` in the storage root (report.md and "
+            "one PNG per chart). Refreshed by `metrics_report_sensor` after the weekly or monthly aggregates "
+            "change. Cannot see: anything the aggregates cannot (see `core_actions_weekly`); periods not yet "
+            "aggregated."
+        ),
+    )
+    def metrics_report(context: AssetExecutionContext, metrics_storage: MetricsStorageResource) -> MaterializeResult:
+        storage = metrics_storage.get_storage()
+        weekly = read_metrics("week", storage=storage)
+        monthly = read_metrics("month", storage=storage)
+        if weekly.empty and monthly.empty:
+            raise RuntimeError(
+                f"no weekly or monthly metrics under {storage.uri('metrics/')}: materialize "
+                f"{UPSTREAM[0].to_user_string()} first"
+            )
+        text, charts, meta = build_report(weekly, monthly)
+        for name, png in charts.items():
+            storage.write_bytes(report_key(NAME, f"{name}.png"), png)
+        linked = text + "\n" + "\n".join(f"![{_CAPTIONS.get(n, n)}]({n}.png)\n" for n in charts)
+        storage.write_bytes(report_key(NAME, "report.md"), linked.encode())
+        metadata = {
+            "report": MetadataValue.md(text),
+            **{f"chart_{name}": MetadataValue.md(_embedded(name, png)) for name, png in charts.items()},
+            "report_uri": MetadataValue.path(storage.uri(report_key(NAME, "report.md"))),
+            "weeks": int(weekly["period_start"].nunique()) if not weekly.empty else 0,
+            "months": int(monthly["period_start"].nunique()) if not monthly.empty else 0,
+            **meta,
+        }
+        context.log.info("report written to %s", storage.uri(report_key(NAME, "")))
+        return MaterializeResult(metadata=metadata)
+
+    return metrics_report
+
+
+def build_report_job_and_sensor(report: AssetsDefinition):
+    job = define_asset_job(f"{NAME}_job", selection=[report.key], description="Rebuild the metrics report.")
+
+    @sensor(
+        name=f"{NAME}_sensor",
+        job=job,
+        minimum_interval_seconds=60,
+        default_status=DefaultSensorStatus.RUNNING,
+        description=(
+            "Requests the report after core_actions_weekly or core_actions_monthly got a new materialization, "
+            "once no run of theirs is queued or in progress (a backfill refreshes it when it is done)."
+        ),
+    )
+    def report_sensor(context: SensorEvaluationContext):
+        instance = context.instance
+        latest = 0
+        for key in UPSTREAM:
+            records = instance.fetch_materializations(AssetRecordsFilter(asset_key=key), limit=1).records
+            if records:
+                latest = max(latest, records[0].storage_id)
+        if latest <= int(context.cursor or 0):
+            return SkipReason("no new weekly or monthly materialization")
+        busy = [
+            run
+            for run in instance.get_runs(filters=RunsFilter(statuses=_IN_PROGRESS))
+            if run.asset_selection and set(run.asset_selection) & set(UPSTREAM)
+        ]
+        if busy:
+            return SkipReason(f"{len(busy)} aggregate run(s) still in progress")
+        context.update_cursor(str(latest))
+        return RunRequest(run_key=f"{NAME}@{latest}")
+
+    return job, report_sensor
