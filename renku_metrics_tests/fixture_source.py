@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from dataclasses import dataclass
 from pathlib import Path
 
 from renku_metrics.core.events import RejectedRecord, SourceResult, TimeWindow, make_event_id, pseudonymize_user
@@ -20,7 +19,6 @@ from renku_metrics.core.sources.base import SettingsBase, SourceError
 NAME = "fixture"
 
 
-@dataclass(frozen=True)
 class Settings(SettingsBase):
     events_file: str
     fail_on_day: str = ""  # an ISO day on which extraction fails, like an unreachable upstream

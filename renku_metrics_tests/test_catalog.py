@@ -112,3 +112,12 @@ def test_catalog_file_is_in_package():
     assert CATALOG_FILE.exists()
     raw = yaml.safe_load(CATALOG_FILE.read_text())
     assert all(re.match(r"^[a-z_]+$", m["id"]) for m in raw["metrics"])
+
+
+def test_duplicate_keys_in_the_catalog_name_file_and_key(tmp_path):
+    path = tmp_path / "catalog.yaml"
+    path.write_text(CATALOG_FILE.read_text().replace("    owner: renku-product\n", "    owner: a\n    owner: b\n", 1))
+    with pytest.raises(CatalogError) as info:
+        load_catalog(path)
+    assert str(path) in str(info.value) and "duplicate key 'owner'" in str(info.value)
+    assert "\n" not in str(info.value)

@@ -5,6 +5,7 @@ import yaml
 
 from renku_metrics.core.config import load_config
 from renku_metrics.core.errors import ConfigError
+from renku_metrics.core.extract import build_sources
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -72,7 +73,7 @@ def test_missing_file(tmp_path):
         load_config(tmp_path / "nope.yaml", env={})
 
 
-def test_unset_secret_variable_is_named(tmp_path):
+def test_loading_does_not_need_secrets_building_the_sources_does(tmp_path):
     doc = {
         "deployments": [
             demo(
@@ -88,13 +89,58 @@ def test_unset_secret_variable_is_named(tmp_path):
         ]
     }
     path = write(tmp_path, doc)
+    config = load_config(path, env={})
+    assert config.names == ["alpha"]
+    assert config.deployment("alpha").sources["keycloak"].secret_env_vars() == {
+        "client_secret_env": "ALPHA_KEYCLOAK_SECRET"
+    }
+    with pytest.raises(ConfigError) as info:
+        build_sources(config.deployment("alpha"), env={})
+    assert (
+        "deployment 'alpha', source 'keycloak': deployment 'alpha': sources.keycloak.client_secret_env: "
+        "environment variable ALPHA_KEYCLOAK_SECRET is not set" in str(info.value)
+    )
+    assert set(build_sources(config.deployment("alpha"), env={"ALPHA_KEYCLOAK_SECRET": "s3cret"})) == {"keycloak"}
+
+
+@pytest.mark.parametrize(
+    "text, key",
+    [
+        (
+            "deployments:\n  - name: alpha\n    name: beta\n    start_date: 2025-01-01\n    sources: {demo: {}}\n",
+            "line 3: duplicate key 'name'",
+        ),
+        (
+            "deployments:\n  - name: alpha\n    start_date: 2025-01-01\n    sources: {demo: {seed: 1, seed: 2}}\n",
+            "line 4: duplicate key 'seed'",
+        ),
+        (
+            "deployments: []\ndeployments:\n  - {name: alpha, start_date: 2025-01-01, sources: {demo: {}}}\n",
+            "duplicate key 'deployments'",
+        ),
+    ],
+)
+def test_duplicate_keys_are_errors_naming_file_and_key(tmp_path, text, key):
+    path = write(tmp_path, text)
     with pytest.raises(ConfigError) as info:
         load_config(path, env={})
-    assert (
-        "deployment 'alpha': sources.keycloak.client_secret_env: environment variable ALPHA_KEYCLOAK_SECRET is not set"
-        in str(info.value)
-    )
-    assert load_config(path, env={"ALPHA_KEYCLOAK_SECRET": "s3cret"}).names == ["alpha"]
+    assert str(path) in str(info.value) and key in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("name", ["alpha\n", "a" * 64])
+def test_deployment_name_with_newline_or_too_long_is_an_error(tmp_path, name):
+    path = write(tmp_path, {"deployments": [demo(name=name)]})
+    with pytest.raises(ConfigError) as info:
+        load_config(path, env={})
+    message = str(info.value)
+    assert message.startswith(f"{path}: deployment {name!r}: name must match")
+    assert "at most 63 characters" in message and "\n" not in message
+
+
+def test_deployment_name_of_63_characters_is_fine(tmp_path):
+    path = write(tmp_path, {"deployments": [demo(name="a" * 63)]})
+    assert load_config(path, env={}).names == ["a" * 63]
 
 
 def test_excluded_users_accept_keycloak_ids_and_keys(tmp_path):

@@ -1,6 +1,7 @@
 """Snapshot of every asset key, check, job and schedule: a factory that renames
 something by accident fails here."""
 
+import json
 import re
 import warnings
 from pathlib import Path
@@ -260,3 +261,61 @@ def test_storage_root_defaults_to_data_and_s3_endpoint_to_aws(monkeypatch):
         .root
         == "/x"
     )
+
+
+def test_a_missing_secret_fails_only_that_deployments_runs(tmp_path, monkeypatch, fixture_source):
+    import datetime as dt
+
+    import yaml
+    from dagster import DagsterInstance
+
+    from renku_metrics.core.manifest import Manifest
+    from renku_metrics.core.storage import open_storage
+
+    from .helpers import ev
+
+    events = tmp_path / "alpha.jsonl"
+    events.write_text(json.dumps(ev("2025-03-02T10:00:00+00:00", "u", "login")) + "\n")
+    keycloak = {
+        "url": "https://renku.example.org/auth",
+        "realm": "Renku",
+        "client_id": "renku-metrics",
+        "client_secret_env": "BETA_KEYCLOAK_SECRET",
+    }
+    path = tmp_path / "deployments.yaml"
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "deployments": [
+                    {"name": "alpha", "start_date": "2025-03-01", "sources": {"fixture": {"events_file": str(events)}}},
+                    {"name": "beta", "start_date": "2025-03-01", "sources": {"keycloak": keycloak}},
+                ]
+            }
+        )
+    )
+    monkeypatch.delenv("BETA_KEYCLOAK_SECRET", raising=False)
+    monkeypatch.setenv("RENKU_METRICS_DEPLOYMENTS", str(path))
+    root = tmp_path / "data"
+    monkeypatch.setenv("RENKU_METRICS_STORAGE", str(root))
+    # The code location loads (as `dagster dev` would: config from the environment).
+    defs = build_defs()
+    assert {"alpha_daily_extract", "beta_daily_extract"} <= {j.name for j in defs.resolve_all_job_defs()}
+    instance = DagsterInstance.ephemeral()
+    quiet = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
+    beta = defs.resolve_job_def("beta_daily_extract").execute_in_process(
+        instance=instance, partition_key="2025-03-02", run_config=quiet, raise_on_error=False
+    )
+    assert not beta.success
+    failures = [e for e in beta.all_events if e.is_step_failure]
+    error = failures[0].step_failure_data.error
+    while error.cause is not None:  # Dagster wraps the step's own exception
+        error = error.cause
+    assert error.cls_name == "ConfigError"
+    assert "sources.keycloak.client_secret_env: environment variable BETA_KEYCLOAK_SECRET is not set" in error.message
+    alpha = defs.resolve_job_def("alpha_daily_extract").execute_in_process(
+        instance=instance, partition_key="2025-03-02", run_config=quiet
+    )
+    assert alpha.success
+    storage = open_storage(str(root))
+    assert Manifest.read(storage, "alpha", dt.date(2025, 3, 2)).complete
+    assert Manifest.read(storage, "beta", dt.date(2025, 3, 2)) is None

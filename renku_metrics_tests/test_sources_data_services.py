@@ -13,6 +13,7 @@ import pytest
 from renku_metrics.core.config import parse_config
 from renku_metrics.core.errors import ConfigError
 from renku_metrics.core.events import TimeWindow, events_frame, pseudonymize_user, validate_events
+from renku_metrics.core.extract import build_sources
 from renku_metrics.core.sources import source_module
 from renku_metrics.core.sources.base import SourceError
 from renku_metrics.core.sources.data_services import Settings, Source
@@ -432,6 +433,9 @@ def test_registered_under_data_services():
             {"name": "renku2", "start_date": "2026-01-01", "sources": {"data_services": {"dsn_env": "RENKU2_DSN"}}}
         ]
     }
+    # Loading does not need the secret; building the source does, and names it.
+    config = parse_config(raw, "deployments.yaml")
+    assert config.names == ["renku2"]
     with pytest.raises(ConfigError, match="RENKU2_DSN is not set"):
-        parse_config(raw, "deployments.yaml", env={})
-    assert parse_config(raw, "deployments.yaml", env={"RENKU2_DSN": "host=db"}).names == ["renku2"]
+        build_sources(config.deployment("renku2"), env={})
+    assert set(build_sources(config.deployment("renku2"), env={"RENKU2_DSN": "host=db"})) == {"data_services"}

@@ -1,22 +1,30 @@
 """The metric catalog (catalog.yaml in this package): what each metric counts.
 
-``load_catalog()`` validates the file and stops with a message naming the entry
-and the field. The aggregates compute every metric whose status is not
+``load_catalog()`` validates the file against declared pydantic models
+(``MetricEntry``, ``TargetEntry``) and stops with one line naming the entry and
+the field. The aggregates compute every metric whose status is not
 ``deprecated``. No Dagster in here.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
-import yaml
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+)
 
-from renku_metrics.core.config import load_yaml
 from renku_metrics.core.events import ACTIONS
+from renku_metrics.core.validation import YamlError, iso_day, load_yaml, not_blank, one_line
 
 CATALOG_FILE = Path(__file__).with_name("catalog.yaml")
 STATUSES = ("active", "experimental", "deprecated")
@@ -24,10 +32,6 @@ MEASURES = ("users", "pct")
 PERIODS = ("week", "month")
 OPS = (">=", "<=")
 GENERATIONS = ("renku1", "renku2")
-_ID = re.compile(r"^[a-z][a-z0-9_]*$")
-_FIELDS = {"id", "title", "description", "actions", "owner", "status", "sources", "known_gaps", "targets"}
-_TARGET_FIELDS = {"measure", "period", "op", "value", "by", "deployment"}
-_TARGET_REQUIRED = {"measure", "period", "op", "value", "by"}
 
 
 class CatalogError(ValueError):
@@ -90,100 +94,107 @@ class Catalog:
         return [(m.id, a) for m in self.computed() for a in m.actions]
 
 
-def _text(entry: dict, key: str, where: str) -> str:
-    value = entry.get(key)
-    if not isinstance(value, str) or not value.strip():
-        raise CatalogError(f"{where}: field {key!r} must be non-empty text, got {value!r}")
-    return value.strip()
+_Text = Annotated[str, AfterValidator(not_blank)]
+
+
+class TargetEntry(BaseModel):
+    """One item of a metric's ``targets`` as written in the catalog."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    measure: Literal[MEASURES]
+    period: Literal[PERIODS]
+    op: Literal[OPS]
+    value: Annotated[float, Field(ge=0)]
+    by: Annotated[dt.date, BeforeValidator(iso_day)]
+    deployment: Annotated[str, Field(min_length=1)] = "all"
+
+
+class MetricEntry(BaseModel):
+    """One item of ``metrics`` as written in the catalog (see the comment at its top)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    id: Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]*$")]
+    title: _Text
+    description: _Text
+    actions: Annotated[list[Literal[ACTIONS]], Field(min_length=1)]
+    owner: _Text
+    status: Literal[STATUSES]
+    sources: Annotated[dict[Literal[GENERATIONS], _Text], Field(min_length=1)]
+    known_gaps: Annotated[list[_Text], Field(min_length=1)]
+    targets: list[Any] | None = None
+
+
+# How a bad value of each field is reported (after "<file>: metric '<id>': ").
+_METRIC_MESSAGES = {
+    "id": "field 'id' must match [a-z][a-z0-9_]*, got {got}",
+    "title": "field 'title' must be non-empty text, got {got}",
+    "description": "field 'description' must be non-empty text, got {got}",
+    "owner": "field 'owner' must be non-empty text, got {got}",
+    "actions": f"field 'actions' must be a non-empty list of {ACTIONS}",
+    "actions[]": f"field 'actions' has unknown action {{got}} (known: {', '.join(ACTIONS)})",
+    "status": f"field 'status' must be one of {STATUSES}, got {{got}}",
+    "sources": f"field 'sources' must map {GENERATIONS} to text",
+    "sources[]": f"field 'sources' has bad entry {{item!r}} (allowed keys {GENERATIONS}, text values)",
+    "known_gaps": "field 'known_gaps' must be a non-empty list of text (say what the metric cannot see)",
+    "targets": "field 'targets' must be a list",
+}
+_TARGET_MESSAGES = {
+    "measure": f"field 'measure' must be one of {MEASURES}, got {{got}}",
+    "period": f"field 'period' must be one of {PERIODS}, got {{got}}",
+    "op": f"field 'op' must be one of {OPS}, got {{got}}",
+    "value": "field 'value' must be a non-negative number, got {got}",
+    "by": "field 'by' must be a date YYYY-MM-DD, got {got}",
+    "deployment": "field 'deployment' must be a deployment name or 'all', got {got}",
+}
+_FIELD_WORDING = {"unknown": "unknown field {key!r} (allowed: {allowed})", "missing": "missing field {key!r}"}
 
 
 def _target(raw: Any, where: str) -> Target:
     if not isinstance(raw, dict):
         raise CatalogError(f"{where}: a target must be a mapping, got {raw!r}")
-    unknown = sorted(set(raw) - _TARGET_FIELDS)
-    if unknown:
-        raise CatalogError(f"{where}: unknown field {unknown[0]!r}")
-    missing = sorted(_TARGET_REQUIRED - set(raw))
-    if missing:
-        raise CatalogError(f"{where}: missing field {missing[0]!r}")
-    for key, allowed in (("measure", MEASURES), ("period", PERIODS), ("op", OPS)):
-        if raw[key] not in allowed:
-            raise CatalogError(f"{where}: field {key!r} must be one of {allowed}, got {raw[key]!r}")
-    value = raw["value"]
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-        raise CatalogError(f"{where}: field 'value' must be a non-negative number, got {value!r}")
-    if raw["measure"] == "pct" and value > 100:
-        raise CatalogError(f"{where}: field 'value' is a percentage, must be <= 100, got {value!r}")
-    by = raw["by"]
-    if not isinstance(by, dt.date):
-        try:
-            by = dt.date.fromisoformat(str(by))
-        except ValueError:
-            raise CatalogError(f"{where}: field 'by' must be a date YYYY-MM-DD, got {by!r}") from None
-    deployment = raw.get("deployment", "all")
-    if not isinstance(deployment, str) or not deployment:
-        raise CatalogError(f"{where}: field 'deployment' must be a deployment name or 'all', got {deployment!r}")
-    return Target(raw["measure"], raw["period"], raw["op"], float(value), by, deployment)
+    try:
+        entry = TargetEntry.model_validate(raw)
+    except ValidationError as exc:
+        raise CatalogError(one_line(exc, where, TargetEntry.model_fields, _TARGET_MESSAGES, **_FIELD_WORDING)) from None
+    if entry.measure == "pct" and entry.value > 100:
+        raise CatalogError(f"{where}: field 'value' is a percentage, must be <= 100, got {raw['value']!r}")
+    return Target(entry.measure, entry.period, entry.op, float(entry.value), entry.by, entry.deployment)
+
+
+def _one_line_text(text: str) -> str:
+    return " ".join(text.split())
 
 
 def parse_catalog(raw: Any, path: str) -> Catalog:
     if not isinstance(raw, dict) or not isinstance(raw.get("metrics"), list) or not raw["metrics"]:
         raise CatalogError(f"{path}: expected a top-level 'metrics' list with at least one entry")
     metrics: list[Metric] = []
-    seen: set[str] = set()
-    for index, entry in enumerate(raw["metrics"]):
-        label = entry.get("id") if isinstance(entry, dict) else None
+    for index, item in enumerate(raw["metrics"]):
+        label = item.get("id") if isinstance(item, dict) else None
         where = f"{path}: metric {label!r}" if label else f"{path}: metrics[{index}]"
-        if not isinstance(entry, dict):
-            raise CatalogError(f"{where}: expected a mapping, got {entry!r}")
-        unknown = sorted(set(entry) - _FIELDS)
-        if unknown:
-            raise CatalogError(f"{where}: unknown field {unknown[0]!r} (allowed: {', '.join(sorted(_FIELDS))})")
-        metric_id = entry.get("id")
-        if not isinstance(metric_id, str) or not _ID.match(metric_id):
-            raise CatalogError(f"{where}: field 'id' must match [a-z][a-z0-9_]*, got {metric_id!r}")
-        if metric_id in seen:
-            raise CatalogError(f"{where}: duplicate id {metric_id!r}")
-        seen.add(metric_id)
-        actions = entry.get("actions")
-        if not isinstance(actions, list) or not actions:
-            raise CatalogError(f"{where}: field 'actions' must be a non-empty list of {ACTIONS}")
-        for action in actions:
-            if action not in ACTIONS:
-                raise CatalogError(
-                    f"{where}: field 'actions' has unknown action {action!r} (known: {', '.join(ACTIONS)})"
-                )
-        status = entry.get("status")
-        if status not in STATUSES:
-            raise CatalogError(f"{where}: field 'status' must be one of {STATUSES}, got {status!r}")
-        sources = entry.get("sources")
-        if not isinstance(sources, dict) or not sources:
-            raise CatalogError(f"{where}: field 'sources' must map {GENERATIONS} to text")
-        for generation, text in sources.items():
-            if generation not in GENERATIONS or not isinstance(text, str) or not text.strip():
-                raise CatalogError(
-                    f"{where}: field 'sources' has bad entry {generation!r} (allowed keys {GENERATIONS}, text values)"
-                )
-        gaps = entry.get("known_gaps")
-        if not isinstance(gaps, list) or not gaps or not all(isinstance(g, str) and g.strip() for g in gaps):
+        if not isinstance(item, dict):
+            raise CatalogError(f"{where}: expected a mapping, got {item!r}")
+        try:
+            entry = MetricEntry.model_validate(item)
+        except ValidationError as exc:
             raise CatalogError(
-                f"{where}: field 'known_gaps' must be a non-empty list of text (say what the metric cannot see)"
-            )
-        targets_raw = entry.get("targets", []) or []
-        if not isinstance(targets_raw, list):
-            raise CatalogError(f"{where}: field 'targets' must be a list")
-        targets = tuple(_target(t, f"{where}: targets[{i}]") for i, t in enumerate(targets_raw))
+                one_line(exc, where, MetricEntry.model_fields, _METRIC_MESSAGES, **_FIELD_WORDING)
+            ) from None
+        if entry.id in {m.id for m in metrics}:
+            raise CatalogError(f"{where}: duplicate id {entry.id!r}")
         metrics.append(
             Metric(
-                id=metric_id,
-                title=_text(entry, "title", where),
-                description=" ".join(_text(entry, "description", where).split()),
-                actions=tuple(actions),
-                owner=_text(entry, "owner", where),
-                status=status,
-                sources={k: " ".join(v.split()) for k, v in sources.items()},
-                known_gaps=tuple(" ".join(g.split()) for g in gaps),
-                targets=targets,
+                id=entry.id,
+                title=entry.title.strip(),
+                description=_one_line_text(entry.description),
+                actions=tuple(entry.actions),
+                owner=entry.owner.strip(),
+                status=entry.status,
+                sources={k: _one_line_text(v) for k, v in entry.sources.items()},
+                known_gaps=tuple(_one_line_text(g) for g in entry.known_gaps),
+                targets=tuple(_target(t, f"{where}: targets[{i}]") for i, t in enumerate(entry.targets or [])),
             )
         )
     return Catalog(metrics=tuple(metrics), path=path)
@@ -195,7 +206,7 @@ def load_catalog(path: str | Path | None = None) -> Catalog:
         raw = load_yaml(path.read_text())
     except FileNotFoundError:
         raise CatalogError(f"{path}: metric catalog not found") from None
-    except yaml.YAMLError as exc:
+    except YamlError as exc:
         raise CatalogError(f"{path}: not valid YAML: {exc}") from None
     return parse_catalog(raw, str(path.name if path == CATALOG_FILE else path))
 

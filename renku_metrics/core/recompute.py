@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--temp-directory", help="where DuckDB spills beyond the memory limit")
     args = parser.parse_args(argv)
     try:
-        config = load_config(args.deployments, check_secrets=False)
+        config = load_config(args.deployments)
         storage = open_storage(args.storage)
         catalog = load_catalog()
         for period in PERIODS if args.period == "both" else (args.period,):

@@ -47,7 +47,6 @@ _OBJECT_NAME = re.compile(r"^amalthea_audit_log_(\d{8}_\d{6}[+-]\d{4})\.txt$")
 _ADDRESSING_STYLES = ("auto", "path", "virtual")
 
 
-@dataclass(frozen=True)
 class Settings(SettingsBase):
     bucket: str
     # Literal key prefix of the objects. Amalthea uploads to

@@ -2,12 +2,13 @@
 
 A *source* turns one upstream system of one deployment into canonical events
 (see ``renku_metrics.core.events``) for one UTC time window. Each source module
-(``renku_metrics/sources/<type>.py``) defines:
+(``renku_metrics/core/sources/<type>.py``) defines:
 
-* ``Settings``: a frozen dataclass of its YAML keys. Fields whose name ends in
-  ``_env`` name environment variables holding secrets; the YAML never holds a
-  secret itself. ``Settings.from_mapping(mapping, where)`` is provided by
-  ``SettingsBase``.
+* ``Settings``: a ``SettingsBase`` model (frozen, strict pydantic) of its YAML
+  keys. Fields whose name ends in ``_env`` name environment variables holding
+  secrets; the YAML never holds a secret itself. ``Settings.from_mapping(mapping,
+  where)`` validates one deployment's settings; ``validate(where)`` adds checks
+  across fields.
 * ``Source``: ``Source(deployment: str, settings: Settings, env: Mapping[str, str])``
   with ``extract(window: TimeWindow) -> SourceResult``. Secrets are read from
   ``env`` when the source is built (at run time), never at import time.
@@ -17,15 +18,17 @@ No Dagster in here.
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 import types
 import typing
 from collections.abc import Mapping
 from typing import Any, Protocol
 
+from pydantic import BaseModel, ConfigDict, ValidationError, ValidationInfo, field_validator
+
 from renku_metrics.core.errors import ConfigError
 from renku_metrics.core.events import SourceResult, TimeWindow
+from renku_metrics.core.validation import iso_day, not_blank, one_line
 
 
 class SourceError(RuntimeError):
@@ -42,85 +45,59 @@ class Source(Protocol):
     def extract(self, window: TimeWindow) -> SourceResult: ...
 
 
-def _type_name(tp: Any) -> str:
-    return getattr(tp, "__name__", str(tp))
+class SettingsBase(BaseModel):
+    """Base of every source's ``Settings``: a frozen pydantic model read strictly from YAML.
 
+    Fields are declared with plain types (``str``, ``int``, ``float``, ``bool``,
+    ``dt.date``, ``tuple[str, ...]``, optional ``| None``); values are not
+    coerced (``"5"`` is not an integer), text must not be blank, dates are
+    ``YYYY-MM-DD``, lists become tuples, and unknown keys are errors.
+    """
 
-def _coerce(value: Any, tp: Any, where: str) -> Any:
-    origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        inner = [a for a in args if a is not type(None)]
-        return _coerce(value, inner[0], where)
-    if origin in (list, tuple):
-        if not isinstance(value, list):
-            raise ConfigError(f"{where}: expected a list, got {value!r}")
-        item_tp = args[0] if args else str
-        items = [_coerce(v, item_tp, f"{where}[{i}]") for i, v in enumerate(value)]
-        return tuple(items) if origin is tuple else items
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{where}: expected true or false, got {value!r}")
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _from_yaml(cls, value: Any, info: ValidationInfo) -> Any:
+        tp = cls.model_fields[info.field_name].annotation
+        union = typing.get_origin(tp) in (typing.Union, types.UnionType)
+        inner = [a for a in typing.get_args(tp) if a is not type(None)] if union else [tp]
+        if dt.date in inner:
+            return iso_day(value)
+        if isinstance(value, list) and any(typing.get_origin(t) is tuple for t in inner):
+            return tuple(value)
         return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{where}: expected an integer, got {value!r}")
-        return value
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{where}: expected a number, got {value!r}")
-        return float(value)
-    if tp is str:
-        if not isinstance(value, str) or not value.strip():
-            raise ConfigError(f"{where}: expected a non-empty string, got {value!r}")
-        return value
-    if tp is dt.date:
-        if isinstance(value, dt.datetime):
-            value = value.date()
-        if isinstance(value, dt.date):
-            return value
-        try:
-            return dt.date.fromisoformat(str(value))
-        except ValueError:
-            raise ConfigError(f"{where}: expected a date YYYY-MM-DD, got {value!r}") from None
-    raise TypeError(f"unsupported settings type {_type_name(tp)} at {where}")
 
-
-class SettingsBase:
-    """Mixin for source settings dataclasses: strict reading from YAML mappings."""
+    @field_validator("*", mode="after")
+    @classmethod
+    def _not_blank(cls, value: Any) -> Any:
+        for item in value if isinstance(value, tuple) else (value,):
+            not_blank(item)
+        return value
 
     @classmethod
     def from_mapping(cls, mapping: Any, where: str):
+        """Validated settings from a YAML mapping; a ConfigError naming ``where`` and the key."""
         if mapping is None:
             mapping = {}
         if not isinstance(mapping, Mapping):
             raise ConfigError(f"{where}: expected a mapping of settings, got {mapping!r}")
-        fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-        unknown = sorted(set(mapping) - set(fields))
-        if unknown:
-            raise ConfigError(f"{where}: unknown key {unknown[0]!r} (allowed: {', '.join(sorted(fields))})")
-        hints = typing.get_type_hints(cls)
-        values: dict[str, Any] = {}
-        for name, f in fields.items():
-            if name in mapping:
-                values[name] = _coerce(mapping[name], hints[name], f"{where}.{name}")
-            elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-                raise ConfigError(f"{where}: missing required key {name!r}")
-        settings = cls(**values)
+        try:
+            settings = cls.model_validate(dict(mapping))
+        except ValidationError as exc:
+            raise ConfigError(one_line(exc, where, cls.model_fields)) from None
         settings.validate(where)
         return settings
 
-    def validate(self, where: str) -> None:
+    def validate(self, where: str) -> None:  # type: ignore[override]
         """Checks across fields; raise ConfigError naming ``where`` and the key. None by default."""
 
     def secret_env_vars(self) -> dict[str, str]:
         """{field name: environment variable} for every ``*_env`` field that is set."""
         return {
-            f.name: getattr(self, f.name)
-            for f in dataclasses.fields(self)  # type: ignore[arg-type]
-            if f.name.endswith("_env") and getattr(self, f.name)
+            name: getattr(self, name)
+            for name in type(self).model_fields
+            if name.endswith("_env") and getattr(self, name)
         }
 
 

@@ -35,7 +35,6 @@ import contextlib
 import datetime as dt
 import re
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import psycopg2
@@ -96,7 +95,6 @@ METRICS_ACTIONS = {"data_connector_created": "create_dataset"}
 METRICS_COUNTED_ONLY = ("project_created", "session_started")
 
 
-@dataclass(frozen=True)
 class Settings(SettingsBase):
     # Environment variable holding a libpq connection string (URI or key=value).
     dsn_env: str

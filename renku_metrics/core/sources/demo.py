@@ -15,7 +15,6 @@ every weekday, which is what ``excluded_users`` in deployments.yaml is for.
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 import functools
 import hashlib
@@ -33,7 +32,6 @@ SOURCE_NAME = "demo"
 DEMO_BOT_KEYCLOAK_ID = "00000000-0000-4000-8000-0000000b0700"
 
 
-@dataclass(frozen=True)
 class Settings(SettingsBase):
     seed: int = 42
     users: int = 6000  # everyone who ever signs up over the simulated horizon
@@ -209,4 +207,4 @@ class Source:
 
 
 def settings_with(settings: Settings, **changes) -> Settings:
-    return dataclasses.replace(settings, **changes)
+    return settings.model_copy(update=changes)

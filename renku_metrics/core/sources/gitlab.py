@@ -99,7 +99,6 @@ ZERO_SHA = "0" * 40
 MAX_GAP_NOTES = 5
 
 
-@dataclass(frozen=True)
 class Settings(SettingsBase):
     url: str  # GitLab base URL, e.g. https://gitlab.renkulab.io
     token_env: str  # environment variable holding an admin token with scope read_api

@@ -37,7 +37,6 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 from renku_metrics.core.errors import ConfigError
@@ -60,7 +59,6 @@ EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
 _SAFE_FIELDS = ("time", "type", "realmId", "clientId", "error")
 
 
-@dataclass(frozen=True)
 class Settings(SettingsBase):
     url: str  # Keycloak base URL, including any path prefix (renkulab.io: https://renkulab.io/auth)
     realm: str  # Renku's realm is "Renku"
