@@ -1,5 +1,5 @@
-"""Snapshot of every asset key, check, job and schedule: a factory that renames
-something by accident fails here."""
+"""Snapshot of every asset key, asset check, job, schedule, sensor and resource the
+code location defines: a factory that renames something by accident fails here."""
 
 import json
 import re
@@ -24,84 +24,114 @@ def test_module_level_defs_load():
     assert defs.resolve_asset_graph().get_all_asset_keys()
 
 
-def test_asset_keys_snapshot():
-    keys = {k.to_user_string() for k in shipped_defs().resolve_asset_graph().get_all_asset_keys()}
-    expected = {
-        "raw_events/demo",
-        "raw_events/demo_small",
-        "active_users_weekly",
-        "active_users_monthly",
-        "core_actions_weekly",
-        "core_actions_monthly",
-    }
-    assert expected <= keys
-    extra = keys - expected
-    assert extra <= {
-        "lifecycle_weekly",
-        "lifecycle_monthly",
-        "stickiness_monthly",
-        "retention_weekly",
-        "metrics_report",
-    }, extra
-
-
-def test_jobs_and_schedules_snapshot():
-    defs = shipped_defs()
-    jobs = {j.name for j in defs.resolve_all_job_defs()} - {"__ASSET_JOB"}
-    assert jobs == {
-        "demo_daily_extract",
-        "demo_small_daily_extract",
-        "weekly_metrics",
-        "monthly_metrics",
-        "metrics_report_job",
-    }
-    sensors = {s.name for s in defs.get_repository_def().sensor_defs}
-    assert "metrics_report_sensor" in sensors
-    schedules = {s.name: s for s in defs.get_repository_def().schedule_defs}
-    assert set(schedules) == {
-        "demo_daily_extract_schedule",
-        "demo_small_daily_extract_schedule",
-        "weekly_metrics_schedule",
-        "monthly_metrics_schedule",
-    }
-    assert schedules["demo_daily_extract_schedule"].cron_schedule == "30 1 * * *"
-    assert schedules["weekly_metrics_schedule"].cron_schedule == "0 4 * * 1"  # Mondays
-    assert schedules["monthly_metrics_schedule"].cron_schedule == "0 5 1 * *"
-    assert all(s.execution_timezone in (None, "UTC") for s in schedules.values())
-
-
-def test_partitions_weeks_start_monday_and_checks_exist():
-    defs = shipped_defs()
+def snapshot(defs) -> dict:
+    """Every name the code location defines: assets with their checks, jobs, schedules, sensors, resources."""
     graph = defs.resolve_asset_graph()
+    repo = defs.get_repository_def()
+    assets = {key.to_user_string(): [] for key in graph.get_all_asset_keys()}
+    for check in graph.asset_check_keys:
+        assets[check.asset_key.to_user_string()].append(check.name)
+    return {
+        "assets": {key: sorted(checks) for key, checks in sorted(assets.items())},
+        "jobs": sorted(j.name for j in defs.resolve_all_job_defs() if j.name != "__ASSET_JOB"),
+        "schedules": {s.name: s.cron_schedule for s in sorted(repo.schedule_defs, key=lambda s: s.name)},
+        "sensors": sorted(s.name for s in repo.sensor_defs),
+        "resources": sorted(defs.resources),
+    }
+
+
+RAW_EVENTS_CHECKS = [
+    "freshness_check",
+    "no_personal_data",
+    "source_coverage",
+    "timestamps_within_day",
+    "unique_event_ids",
+    "user_ids_present",
+]
+PERIOD_COVERAGE_CHECKS = ["coverage_complete", "days_extracted", "deployments_present", "one_row_per_key"]
+
+
+def expected_snapshot(deployments: list[str]) -> dict:
+    """The snapshot for a deployments file naming ``deployments`` (and the shipped catalog)."""
+    return {
+        "assets": {
+            "active_users_monthly": sorted(["active_users_consistent", *PERIOD_COVERAGE_CHECKS]),
+            "active_users_weekly": sorted(["active_users_consistent", "freshness_check", *PERIOD_COVERAGE_CHECKS]),
+            "core_actions_monthly": sorted(
+                [
+                    *PERIOD_COVERAGE_CHECKS,
+                    "pct_within_0_100",
+                    "target_commit_all_pct_ge_30",
+                    "users_within_active_users",
+                ]
+            ),
+            "core_actions_weekly": sorted(
+                [
+                    *PERIOD_COVERAGE_CHECKS,
+                    "freshness_check",
+                    "pct_within_0_100",
+                    "target_commit_all_users_ge_100",
+                    "users_within_active_users",
+                ]
+            ),
+            "lifecycle_monthly": ["deployments_present", "one_row_per_key", "states_add_up"],
+            "lifecycle_weekly": ["deployments_present", "freshness_check", "one_row_per_key", "states_add_up"],
+            "metrics_report": [],
+            **{f"raw_events/{name}": RAW_EVENTS_CHECKS for name in deployments},
+            "retention_weekly": ["deployments_present", "freshness_check", "one_row_per_key", "retained_within_cohort"],
+            "stickiness_monthly": ["deployments_present", "one_row_per_key", "ratios_within_0_1"],
+        },
+        "jobs": sorted(
+            [
+                *(f"{name}_daily_extract" for name in deployments),
+                "metrics_report_job",
+                "monthly_metrics",
+                "weekly_metrics",
+            ]
+        ),
+        "schedules": {
+            **{f"{name}_daily_extract_schedule": "30 1 * * *" for name in deployments},
+            "monthly_metrics_schedule": "0 5 1 * *",
+            "weekly_metrics_schedule": "0 4 * * 1",  # Mondays
+        },
+        "sensors": ["freshness_checks_sensor", "metrics_report_sensor"],
+        "resources": ["metrics_storage"],
+    }
+
+
+def test_snapshot_of_the_shipped_definitions():
+    """Renaming, adding or removing an asset, check, job, schedule, sensor or resource
+    changes what the UI, run history and alerts refer to: do it here on purpose."""
+    actual = snapshot(shipped_defs())
+    expected = expected_snapshot(["demo", "demo_small"])
+    assert actual == expected
+
+
+def test_snapshot_follows_the_deployments_file(tmp_path):
+    path = tmp_path / "deployments.yaml"
+    path.write_text(
+        "deployments:\n"
+        "  - {name: alpha, start_date: 2025-01-01, sources: {demo: {users: 50}}}\n"
+        "  - {name: beta_2, start_date: 2025-06-01, sources: {demo: {users: 20, seed: 2}}}\n"
+    )
+    actual = snapshot(build_defs(config=load_config(path, env={})))
+    expected = expected_snapshot(["alpha", "beta_2"])
+    assert actual == expected
+
+
+def test_schedules_run_in_utc():
+    schedules = shipped_defs().get_repository_def().schedule_defs
+    assert schedules and all(s.execution_timezone in (None, "UTC") for s in schedules)
+
+
+def test_partitions_weeks_start_monday():
+    graph = shipped_defs().resolve_asset_graph()
     weekly = graph.get(AssetKey("core_actions_weekly")).partitions_def
     keys = weekly.get_partition_keys()
     assert all(__import__("datetime").date.fromisoformat(k).weekday() == 0 for k in keys)
     assert keys[0] == "2024-12-30"  # the ISO week containing the earliest start date, 2025-01-01
     raw = graph.get(AssetKey(["raw_events", "demo_small"])).partitions_def
     assert raw.get_partition_keys()[0] == "2025-06-01"
-    checks = {(c.asset_key.to_user_string(), c.name) for c in graph.asset_check_keys}
-    for name in (
-        "user_ids_present",
-        "timestamps_within_day",
-        "unique_event_ids",
-        "no_personal_data",
-        "source_coverage",
-    ):
-        assert ("raw_events/demo", name) in checks
-    for asset in ("core_actions_weekly", "core_actions_monthly"):
-        for name in ("users_within_active_users", "pct_within_0_100", "one_row_per_key", "deployments_present"):
-            assert (asset, name) in checks
-    # The denominator has its own checks: none of them about metrics or pct.
-    for asset in ("active_users_weekly", "active_users_monthly"):
-        for name in ("active_users_consistent", "one_row_per_key", "deployments_present"):
-            assert (asset, name) in checks
-        assert (asset, "pct_within_0_100") not in checks and (asset, "users_within_active_users") not in checks
-    for asset in ("active_users_weekly", "core_actions_weekly", "active_users_monthly", "core_actions_monthly"):
-        assert (asset, "coverage_complete") in checks and (asset, "days_extracted") in checks
-    assert ("core_actions_monthly", "target_commit_all_pct_ge_30") in checks
-    assert ("core_actions_weekly", "target_commit_all_users_ge_100") in checks
-    assert any(asset == "raw_events/demo" and "freshness" in name for asset, name in checks)
-    assert any(asset == "core_actions_weekly" and "freshness" in name for asset, name in checks)
 
 
 def test_every_asset_has_description_group_and_owner():
