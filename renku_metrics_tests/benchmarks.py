@@ -6,9 +6,13 @@ users per deployment at 100 million events; see bench_data.py) and prints, each
 measured in a fresh child process with its own peak RSS:
 
 * one week's ``aggregate_period`` (what the weekly schedule runs);
-* one month's ``stickiness``, one week's ``lifecycle`` and one cohort week's
-  ``retention`` after 3 years of history, and lifecycle/retention after 1 year
-  (the ratio shows whether a run grows with history; ~1 = flat);
+* the derived engagement state (``renku_metrics.core.activity``) built from raw
+  for the whole history but its last week (what a first run after deleting
+  ``state/`` costs);
+* one month's ``stickiness``, and one week's ``lifecycle`` and one cohort week's
+  ``retention`` as weekly runs (the week they look at is new to the state) after
+  3 years and after 1 year of history (the ratio shows whether a run grows with
+  history; ~1 = flat);
 * the full-history recompute of every week (``aggregate_periods``) against the
   bare DuckDB query (distinct users per deployment, ISO week and action, plus
   active users, over all files at once) and their ratio.
@@ -77,7 +81,12 @@ def _figure(name: str, root: str, days: int) -> dict:
     d = _dates(days)
     info = ""
     t0 = time.perf_counter()
-    if name == "aggregate_week":
+    if name == "state_build":
+        from renku_metrics.core.activity import DeploymentActivity
+
+        users = sum(DeploymentActivity.load(storage, dep).first_seen().num_rows for dep in deployments)
+        info = f"{users:,} first-seen rows"
+    elif name == "aggregate_week":
         aggregate_period(storage, deployments, catalog, "week", d["week"], _now(d["end"]))
     elif name == "stickiness_month":
         engagement.stickiness(storage, deployments, d["month"], _now(d["end"]))
@@ -143,19 +152,60 @@ def _line(label: str, fig: dict) -> str:
     return f"{label:<58} {fig['seconds']:8.2f} s  peak RSS {fig['peak_rss_mib']:7.0f} MiB{extra}"
 
 
+def _drop_user_weeks(root: Path, weeks: list[dt.date]) -> None:
+    """Forget the derived user weeks of ``weeks``: the next run rebuilds them from raw, as a weekly run does."""
+    from renku_metrics.core.layout import user_weeks_key
+
+    for dep in range(DEPLOYMENTS):
+        for week in weeks:
+            (root / user_weeks_key(f"bench{dep}", week)).unlink(missing_ok=True)
+
+
+def _hold_out(root: Path, holdout: Path, week: dt.date, back: bool = False) -> None:
+    """Move the raw days of ``week`` aside (or back): the state is then built without the newest week."""
+    from renku_metrics.core.layout import raw_events_key
+
+    for dep in range(DEPLOYMENTS):
+        for i in range(7):
+            day_dir = root / Path(raw_events_key(f"bench{dep}", week + dt.timedelta(days=i))).parent
+            aside = holdout / day_dir.relative_to(root)
+            src, dst = (aside, day_dir) if back else (day_dir, aside)
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(src, dst)
+
+
 def scale_figures(root: Path, days: int) -> None:
     """The figures of issue 'scale': per-run costs, history growth, full-history recompute."""
+    import shutil
+
+    d = _dates(days)
     figs = {}
+    shutil.rmtree(root / "state", ignore_errors=True)
+    with tempfile.TemporaryDirectory(prefix="renku-metrics-holdout-", dir=root.parent) as holdout:
+        # The derived state as last week's runs left it: everything but the newest week.
+        _hold_out(root, Path(holdout), d["week"])
+        try:
+            figs["state_build"] = measure("state_build", root, days)
+        finally:
+            _hold_out(root, Path(holdout), d["week"], back=True)
+    print(_line("derived state from raw, whole history but the last week", figs["state_build"]), flush=True)
     for name, label in (
         ("aggregate_week", "one week's aggregate_period (weekly schedule)"),
         ("stickiness_month", "one month's stickiness"),
-        ("lifecycle_week_1y", "one week's lifecycle, 1 year of history"),
         ("lifecycle_week", "one week's lifecycle, 3 years of history"),
-        ("retention_week_1y", "one cohort week's retention, 1 year of history"),
+        ("lifecycle_week_1y", "one week's lifecycle, 1 year of history"),
         ("retention_week", "one cohort week's retention, 3 years of history"),
+        ("retention_week_1y", "one cohort week's retention, 1 year of history"),
         ("recompute_weeks", "full-history recompute, every week (aggregate_periods)"),
         ("bare_duckdb", "bare DuckDB query, distinct users per deployment/week/action"),
     ):
+        # Each engagement figure is a weekly run: the week it looks at is new to the state.
+        if name == "lifecycle_week_1y":
+            _drop_user_weeks(root, [d["year1_week"]])
+        elif name == "retention_week":
+            _drop_user_weeks(root, [d["week"]])
+        elif name == "retention_week_1y":
+            _drop_user_weeks(root, [d["year1_cohort"] + dt.timedelta(weeks=8)])
         figs[name] = measure(name, root, days)
         print(_line(label, figs[name]), flush=True)
     ratio = lambda a, b: figs[a]["seconds"] / figs[b]["seconds"]  # noqa: E731

@@ -41,7 +41,7 @@ from renku_metrics.core.events import (
     to_arrow,
     validate_events,
 )
-from renku_metrics.core.layout import manifest_key, metrics_key, raw_events_key
+from renku_metrics.core.layout import day_of_key, manifest_key, metrics_key, raw_events_key
 from renku_metrics.core.sources.demo import Settings as DemoSettings
 from renku_metrics.core.storage import LocalStorage
 from renku_metrics.defs.engagement.assets import (
@@ -506,3 +506,109 @@ def test_active_users_agree_with_the_aggregates(storage):
         expected = dict(zip(active["deployment"], active["active_users"], strict=False))
         got = dict(zip(*(frame.loc[frame["period_start"] == start, c] for c in ("deployment", column)), strict=False))
         assert got == expected and expected["all"] > 0, (period, start)
+
+
+# --------------------------------------------------------------------------- derived state
+
+
+def _views(storage, deployments, now=NOW) -> list[pd.DataFrame]:
+    return [
+        engagement.lifecycle(storage, deployments, "week", W[1:12], now, warmup_weeks=4),
+        engagement.lifecycle(storage, deployments, "month", [D(2025, 2, 1), D(2025, 3, 1)], now, warmup_weeks=4),
+        engagement.stickiness(storage, deployments, [D(2025, 1, 1), D(2025, 2, 1), D(2025, 3, 1)], now),
+        engagement.retention(storage, deployments, W[0:8], now, warmup_weeks=4),
+    ]
+
+
+def _fresh(storage, tmp_path, name: str) -> LocalStorage:
+    """A copy of the raw data without any derived state: what a first run would see."""
+    shutil.copytree(storage.path, tmp_path / name, ignore=shutil.ignore_patterns("state"))
+    return LocalStorage(tmp_path / name)
+
+
+def _assert_same(got: list[pd.DataFrame], expected: list[pd.DataFrame]) -> None:
+    for mine, theirs in zip(got, expected, strict=True):
+        pd.testing.assert_frame_equal(mine, theirs)
+
+
+def test_state_kept_incrementally_gives_the_numbers_of_a_fresh_run(storage, tmp_path):
+    # Weekly runs as history grows: days after 2025-03-02 are not extracted yet.
+    later = [d for d in (D(2025, 3, 3) + dt.timedelta(days=i) for i in range(56)) if d <= LAST_DAY]
+    for day in later:
+        for dep in ("alpha", "beta"):
+            storage.delete(manifest_key(dep, day))
+            storage.delete(raw_events_key(dep, day))
+    early_now = dt.datetime(2025, 3, 3, 6, tzinfo=dt.timezone.utc)
+    _views(storage, [ALPHA, BETA], early_now)
+    assert storage.exists("state/first_seen/deployment=alpha/first_seen.parquet")
+    # The later days arrive, then the views run again on the same state.
+    write_history(storage, ALPHA, {u: [d for d in ds if d in later] for u, ds in ALPHA_ACTIVITY.items()}, LAST_DAY)
+    for day in later:
+        write_day(storage, "beta", day, [])
+    got = _views(storage, [ALPHA, BETA])
+    _assert_same(got, _views(_fresh(storage, tmp_path, "fresh"), [ALPHA, BETA]))
+    assert row(got[0], "alpha", W[9])["active_users"] == 2  # u1 and u6 (the bot is excluded)
+
+
+def test_state_follows_a_reextracted_day_and_exclusions(storage, tmp_path):
+    _views(storage, [ALPHA, BETA])  # builds the state
+    before = engagement.lifecycle(storage, [ALPHA], "week", W[4], NOW, warmup_weeks=4)
+    assert row(before, "alpha", W[4])["new_users"] == 1  # u4
+    # t(2) re-extracted with u4 in it: u4 is now first seen in W2, so not new in W4.
+    write_day(storage, "alpha", t(2), sorted([U[1], U[3], U[4], BOT]))
+    after = engagement.lifecycle(storage, [ALPHA], "week", W[4], NOW, warmup_weeks=4)
+    assert counts(row(after, "alpha", W[4])) == (2, 0, 1, 1, 2)
+    _assert_same(_views(storage, [ALPHA, BETA]), _views(_fresh(storage, tmp_path, "fresh"), [ALPHA, BETA]))
+    # Exclusions are applied when reading: a changed list needs no rebuild and counts at once.
+    unexcluded = deployment("alpha", W[0])
+    got = _views(storage, [unexcluded, BETA])
+    _assert_same(got, _views(_fresh(storage, tmp_path, "fresh2"), [unexcluded, BETA]))
+    assert row(got[0], "alpha", W[9])["active_users"] == 3  # the bot counts again
+
+
+def test_damaged_state_is_rebuilt(storage, tmp_path):
+    expected = _views(_fresh(storage, tmp_path, "fresh"), [ALPHA, BETA])
+    _views(storage, [ALPHA, BETA])
+    storage.write_bytes("state/first_seen/deployment=alpha/first_seen.parquet", b"not parquet")
+    storage.write_bytes("state/days/deployment=beta/days.json", b"{")
+    (week_key,) = [k for k in storage.list_keys("state/user_weeks/deployment=alpha/") if "week=2025-02-03" in k]
+    storage.write_bytes(week_key, b"")
+    _assert_same(_views(storage, [ALPHA, BETA]), expected)
+
+
+def test_weekly_run_on_s3_reads_only_the_new_week_of_raw_data(built_history, tmp_path, s3_endpoint, s3_bucket):
+    from renku_metrics.core.storage import S3Storage, open_storage
+
+    class CountingS3(S3Storage):
+        def __init__(self, inner: S3Storage) -> None:
+            super().__init__(inner.bucket, inner.prefix, inner.client)
+            self.read: list[str] = []
+
+        def read_bytes(self, key: str) -> bytes:
+            self.read.append(key)
+            return super().read_bytes(key)
+
+    s3 = CountingS3(open_storage(f"s3://{s3_bucket}/metrics", endpoint_url=s3_endpoint))
+    local = LocalStorage(built_history)
+    new_week = [W[10] + dt.timedelta(days=i) for i in range(7)]
+    for key in local.list_keys("raw_events/"):
+        if day_of_key(key) < W[10]:
+            s3.write_bytes(key, local.read_bytes(key))
+    before = dt.datetime(2025, 3, 17, 6, tzinfo=dt.timezone.utc)
+    engagement.lifecycle(s3, [ALPHA, BETA], "week", W[9], before, warmup_weeks=4)
+    engagement.retention(s3, [ALPHA, BETA], W[1], before, warmup_weeks=4)
+    # Week W10 is extracted; the weekly runs of lifecycle and retention follow.
+    for key in local.list_keys("raw_events/"):
+        if day_of_key(key) in new_week:
+            s3.write_bytes(key, local.read_bytes(key))
+    s3.read.clear()
+    after = dt.datetime(2025, 3, 24, 6, tzinfo=dt.timezone.utc)
+    life = engagement.lifecycle(s3, [ALPHA, BETA], "week", W[10], after, warmup_weeks=4)
+    ret = engagement.retention(s3, [ALPHA, BETA], W[2], after, warmup_weeks=4)
+    raw_read = {k for k in s3.read if k.startswith("raw_events/")}
+    assert raw_read, "the new week must be read"
+    assert {day_of_key(k) for k in raw_read} <= set(new_week), sorted(raw_read)
+    pd.testing.assert_frame_equal(
+        life, engagement.lifecycle(local, [ALPHA, BETA], "week", W[10], after, warmup_weeks=4)
+    )
+    pd.testing.assert_frame_equal(ret, engagement.retention(local, [ALPHA, BETA], W[2], after, warmup_weeks=4))

@@ -24,19 +24,19 @@ with the same identity rule as ``renku_metrics.core.aggregate``):
 
 Cost
 ----
-``stickiness`` reads exactly the month's daily files. ``lifecycle`` and
-``retention`` must know whether a user was ever active before, so they read
-*every* extracted day of the deployment from its ``start_date`` up to the end of
-the latest requested period (retention: up to the end of W+8, at most today):
-only the ``user_id`` and ``occurred_at`` columns of each file, reduced at once to
-distinct (user, day) pairs. One call handles any number of periods with a single
-scan, so a backfill costs one scan, not one per period. Each scan therefore grows
-linearly with the length of history (number of days times events per day, two
-columns); memory grows with the number of distinct (user, day) pairs, not with
-events. Every manifest of the history is read as well (one small object per day).
-On S3 the whole day objects are downloaded (``Storage.local_paths``), so the bytes
-transferred per run are the full raw history; with years of history and many
-users, a stored per-user first-seen table would be the next step.
+No view reads the raw history. They read the derived activity state of
+``renku_metrics.core.activity`` (kept current at every call, rebuilt from raw
+events where missing or stale): per deployment a day index, each user's first
+seen day, and the ISO-week user sets ("user weeks", with each user's active
+days as a bitmask) of the weeks involved. A weekly run of ``lifecycle`` reads
+the user weeks of the period and the previous one plus first seen; ``retention``
+first seen plus the 8 later user weeks; ``stickiness`` the user weeks overlapping
+the month. Only the raw files of days not yet folded into the state are read
+(the days just extracted). So a run's cost and the bytes it downloads from S3
+do not grow with the length of history, apart from the listing and day index
+(metadata, about 100 bytes per stored day) and first seen (about 40 bytes per
+user ever seen). The first run after deleting ``state/`` reads the whole
+history once.
 """
 
 from __future__ import annotations
@@ -46,11 +46,20 @@ from collections.abc import Iterable, Sequence
 
 import duckdb
 import pandas as pd
+import pyarrow as pa
 
+from renku_metrics.core.activity import DeploymentActivity
 from renku_metrics.core.config import Deployment
 from renku_metrics.core.coverage import HISTORY_WARMUP_WEEKS, DeploymentDays, HistoryStatus
 from renku_metrics.core.events import ALL_DEPLOYMENTS, ROLLUP_USER_SQL
-from renku_metrics.core.periods import Period, days_between, full_weeks_in_month, period_bounds, previous_period_start
+from renku_metrics.core.periods import (
+    Period,
+    days_between,
+    full_weeks_in_month,
+    period_bounds,
+    previous_period_start,
+    week_start,
+)
 from renku_metrics.core.storage import Storage
 
 # How much gap-free extracted history must precede a period (or cohort week) for
@@ -83,11 +92,15 @@ def _today(now: dt.datetime) -> dt.date:
     return now.astimezone(dt.timezone.utc).date()
 
 
-# --------------------------------------------------------------------------- coverage
+# --------------------------------------------------------------------------- derived state
 
 
-def _day_index(storage: Storage, deployments: Sequence[Deployment], until: dt.date) -> dict[str, DeploymentDays]:
-    return {d.name: DeploymentDays.load(storage, d, until) for d in deployments}
+def _states(storage: Storage, deployments: Sequence[Deployment]) -> dict[str, DeploymentActivity]:
+    return {d.name: DeploymentActivity.load(storage, d) for d in deployments}
+
+
+def _day_index(states: dict[str, DeploymentActivity], until: dt.date) -> dict[str, DeploymentDays]:
+    return {name: state.days(until) for name, state in states.items()}
 
 
 def _combine(parts: dict[str, tuple[bool, str]]) -> tuple[bool, str]:
@@ -97,53 +110,107 @@ def _combine(parts: dict[str, tuple[bool, str]]) -> tuple[bool, str]:
     return complete, note
 
 
+def _spans(
+    states: dict[str, DeploymentActivity], target: dt.date, role: str, start: dt.date, end: dt.date
+) -> list[tuple]:
+    """(target, role, deployment, week, day mask) rows selecting the days [start, end) from the user weeks."""
+    rows = []
+    week = week_start(start)
+    while week < end:
+        mask = sum(1 << i for i in range(7) if start <= week + dt.timedelta(days=i) < end)
+        rows.extend((target, role, name, week, mask) for name in states)
+        week += dt.timedelta(days=7)
+    return rows
+
+
 # --------------------------------------------------------------------------- DuckDB
 
+# GitLab-only ids are per GitLab instance: kept apart across deployments (as in aggregate.py).
+_LOAD_FIRST_SEEN = """
+CREATE TEMP TABLE fs AS
+WITH kept AS (
+    SELECT f.deployment, f.user_id, f.first_day FROM fs_raw f
+    WHERE NOT EXISTS (SELECT 1 FROM excluded x WHERE x.deployment = f.deployment AND x.user_id = f.user_id)
+)
+SELECT deployment, user_id, first_day FROM kept
+UNION ALL
+SELECT $all_name AS deployment, {rollup_user} AS user_id, min(first_day) AS first_day FROM kept GROUP BY ALL
+""".replace("{rollup_user}", ROLLUP_USER_SQL)
 
-_INSERT_USER_DAYS = """
-INSERT INTO activity
-SELECT DISTINCT $deployment, e.user_id, CAST(e.occurred_at AS DATE)
-FROM read_parquet($paths) e
-WHERE e.user_id NOT IN (SELECT x.user_id FROM excluded x WHERE x.deployment = $deployment)
+_LOAD_USER_WEEKS = """
+CREATE TEMP TABLE uw AS
+SELECT u.deployment, u.week, u.user_id, u.days FROM uw_raw u
+WHERE NOT EXISTS (SELECT 1 FROM excluded x WHERE x.deployment = u.deployment AND x.user_id = u.user_id)
 """
 
-# GitLab-only ids are per GitLab instance: kept apart across deployments (as in aggregate.py).
-_INSERT_ALL = """
-INSERT INTO activity
-SELECT DISTINCT $all_name, {rollup_user}, day
-FROM activity
+# The users (and ``all`` rollup users) active on the masked days of each span, with those days.
+_SPAN_ACTIVITY = """
+CREATE TEMP TABLE act AS
+WITH m AS (
+    SELECT s.target, s.role, u.deployment, u.week, u.user_id, u.days & s.mask AS bits
+    FROM uw u JOIN spans s ON s.deployment = u.deployment AND s.week = u.week
+    WHERE u.days & s.mask != 0
+)
+SELECT * FROM m
+UNION ALL
+SELECT target, role, $all_name AS deployment, week, {rollup_user} AS user_id, bit_or(bits) AS bits FROM m GROUP BY ALL
 """.replace("{rollup_user}", ROLLUP_USER_SQL)
 
 
 def _connect() -> duckdb.DuckDBPyConnection:
     con = duckdb.connect()
-    # Casting a TIMESTAMPTZ to DATE uses the session time zone: make it UTC.
     con.execute("SET TimeZone = 'UTC'")
-    con.execute("CREATE TEMP TABLE activity (deployment VARCHAR, user_id VARCHAR, day DATE)")
+    con.execute("SET enable_progress_bar = false")
     return con
 
 
-def _load_activity(
+def _load(
     con: duckdb.DuckDBPyConnection,
-    storage: Storage,
-    index: dict[str, DeploymentDays],
-    spans: Sequence[tuple[dt.date | None, dt.date]],
+    states: dict[str, DeploymentActivity],
+    spans: list[tuple],
+    first_seen: bool,
 ) -> None:
-    """Fill ``activity`` with distinct (deployment, user, UTC day) of the day spans [start, end).
-
-    A ``None`` start means the deployment's start_date. Only ``user_id`` and
-    ``occurred_at`` are read from the files; excluded users are left out here,
-    then every row is repeated under the ``all`` rollup.
-    """
-    excluded = [(name, key) for name, days in index.items() for key in days.deployment.excluded_user_keys()]
+    """Tables ``fs`` (first seen, with ``all``) and ``act`` (activity of the spans), excluded users left out."""
+    excluded = [(name, key) for name, st in states.items() for key in st.deployment.excluded_user_keys()]
     con.register("excluded", pd.DataFrame(excluded, columns=["deployment", "user_id"], dtype="object"))
-    for name, days in index.items():
-        keys = sorted({k for start, end in spans for k in days.event_keys(start or days.deployment.start_date, end)})
-        if not keys:
-            continue
-        with storage.local_paths(keys) as paths:
-            con.execute(_INSERT_USER_DAYS, {"deployment": name, "paths": paths})
-    con.execute(_INSERT_ALL, {"all_name": ALL_DEPLOYMENTS})
+    if first_seen:
+        parts = []
+        for name, st in states.items():
+            table = st.first_seen()
+            parts.append(table.append_column("deployment", pa.array([name] * table.num_rows, pa.string())))
+        fs_raw = (
+            pa.concat_tables(parts)
+            if parts
+            else pa.table({"user_id": [], "first_day": [], "deployment": []}, schema=_FS_SCHEMA)
+        )
+        con.register("fs_raw", fs_raw)
+        con.execute(_LOAD_FIRST_SEEN, {"all_name": ALL_DEPLOYMENTS})
+    weeks: dict[str, set[dt.date]] = {}
+    for _, _, name, week, _ in spans:
+        weeks.setdefault(name, set()).add(week)
+    parts = []
+    for name, st in states.items():
+        table = st.user_weeks(weeks.get(name, ()))
+        parts.append(table.append_column("deployment", pa.array([name] * table.num_rows, pa.string())))
+    uw_raw = pa.concat_tables(parts).select(["deployment", "week", "user_id", "days"]) if parts else _EMPTY_UW
+    con.register("uw_raw", uw_raw)
+    con.execute(_LOAD_USER_WEEKS)
+    con.register(
+        "spans",
+        pd.DataFrame(spans, columns=["target", "role", "deployment", "week", "mask"]).astype(
+            {"deployment": "object", "mask": "int64"}
+        ),
+    )
+    con.execute(_SPAN_ACTIVITY, {"all_name": ALL_DEPLOYMENTS})
+
+
+_FS_SCHEMA = pa.schema([("user_id", pa.string()), ("first_day", pa.date32()), ("deployment", pa.string())])
+_EMPTY_UW = pa.table(
+    {"deployment": [], "week": [], "user_id": [], "days": []},
+    schema=pa.schema(
+        [("deployment", pa.string()), ("week", pa.date32()), ("user_id", pa.string()), ("days", pa.uint8())]
+    ),
+)
 
 
 def _measured(deployments: Sequence[Deployment], end: dt.date) -> list[Deployment]:
@@ -162,18 +229,11 @@ def _finish(frame: pd.DataFrame, now: dt.datetime, date_columns: Sequence[str]) 
 
 
 _LIFECYCLE_SQL = """
-WITH up AS (
-    SELECT DISTINCT deployment, user_id, CAST(date_trunc($unit, day) AS DATE) AS p FROM activity
+WITH people AS (
+    SELECT DISTINCT target, role, deployment, user_id FROM act
 ),
-first_seen AS (
-    SELECT deployment, user_id, min(p) AS first_p FROM up GROUP BY deployment, user_id
-),
-cur AS (
-    SELECT t.period_start, up.deployment, up.user_id FROM targets t JOIN up ON up.p = t.period_start
-),
-prev AS (
-    SELECT t.period_start, up.deployment, up.user_id FROM targets t JOIN up ON up.p = t.previous_period_start
-),
+cur AS (SELECT target AS period_start, deployment, user_id FROM people WHERE role = 'cur'),
+prev AS (SELECT target AS period_start, deployment, user_id FROM people WHERE role = 'prev'),
 both_periods AS (
     SELECT coalesce(c.period_start, v.period_start) AS period_start,
            coalesce(c.deployment, v.deployment) AS deployment,
@@ -185,12 +245,14 @@ both_periods AS (
 )
 SELECT b.period_start, b.deployment,
        count(*) FILTER (WHERE b.is_cur) AS active_users,
-       count(*) FILTER (WHERE b.is_cur AND f.first_p = b.period_start) AS new_users,
+       count(*) FILTER (WHERE b.is_cur AND f.first_day >= b.period_start AND f.first_day < t.period_end) AS new_users,
        count(*) FILTER (WHERE b.is_cur AND b.is_prev) AS returning_users,
-       count(*) FILTER (WHERE b.is_cur AND NOT b.is_prev AND f.first_p < b.period_start) AS resurrected_users,
+       count(*) FILTER (WHERE b.is_cur AND NOT b.is_prev AND f.first_day < b.period_start) AS resurrected_users,
        count(*) FILTER (WHERE b.is_prev AND NOT b.is_cur) AS dormant_users,
        count(*) FILTER (WHERE b.is_prev) AS previous_active_users
-FROM both_periods b JOIN first_seen f ON f.deployment = b.deployment AND f.user_id = b.user_id
+FROM both_periods b
+JOIN fs f ON f.deployment = b.deployment AND f.user_id = b.user_id
+JOIN targets t ON t.period_start = b.period_start
 GROUP BY b.period_start, b.deployment
 """
 
@@ -240,16 +302,18 @@ def lifecycle(
     prevs = {s: previous_period_start(period, s) for s in starts}
     last_end = max(e for _, e in bounds.values())
     measured_all = _measured(deployments, last_end)
-    index = _day_index(storage, measured_all, min(last_end, today))
+    states = _states(storage, measured_all)
+    index = _day_index(states, min(last_end, today))
+    spans = []
+    for s in starts:
+        spans += _spans(states, s, "cur", s, min(bounds[s][1], today))
+        spans += _spans(states, s, "prev", prevs[s], min(s, today))
 
     con = _connect()
     try:
-        _load_activity(con, storage, index, [(None, min(last_end, today))])
-        con.register(
-            "targets",
-            pd.DataFrame({"period_start": starts, "previous_period_start": [prevs[s] for s in starts]}),
-        )
-        counts = con.execute(_LIFECYCLE_SQL, {"unit": period}).df()
+        _load(con, states, spans, first_seen=True)
+        con.register("targets", pd.DataFrame({"period_start": starts, "period_end": [bounds[s][1] for s in starts]}))
+        counts = con.execute(_LIFECYCLE_SQL).df()
     finally:
         con.close()
 
@@ -311,11 +375,10 @@ def lifecycle(
 
 
 _STICKINESS_SQL = {
-    "month": "SELECT deployment, CAST(date_trunc('month', day) AS DATE) AS key, count(DISTINCT user_id) AS users "
-    "FROM activity GROUP BY ALL",
-    "week": "SELECT deployment, CAST(date_trunc('week', day) AS DATE) AS key, count(DISTINCT user_id) AS users "
-    "FROM activity GROUP BY ALL",
-    "day": "SELECT deployment, day AS key, count(DISTINCT user_id) AS users FROM activity GROUP BY ALL",
+    "month": "SELECT deployment, target AS key, count(DISTINCT user_id) AS users FROM act GROUP BY ALL",
+    "week": "SELECT deployment, week AS key, count(*) AS users FROM act GROUP BY ALL",
+    "day": "SELECT deployment, week + CAST(i AS INTEGER) AS key, count(*) AS users "
+    "FROM act, range(7) r(i) WHERE bits & CAST(1 << i AS UTINYINT) != 0 GROUP BY ALL",
 }
 
 
@@ -344,12 +407,14 @@ def stickiness(
     bounds = {s: period_bounds("month", s) for s in starts}
     last_end = max(e for _, e in bounds.values())
     measured_all = _measured(deployments, last_end)
-    index = _day_index(storage, measured_all, min(last_end, today))
+    states = _states(storage, measured_all)
+    index = _day_index(states, min(last_end, today))
+    spans = [row for s in starts for row in _spans(states, s, "month", s, min(bounds[s][1], today))]
 
     con = _connect()
     try:
-        # Only the requested months' days (not the gaps between them, nor days from today on) are read.
-        _load_activity(con, storage, index, [(s, min(bounds[s][1], today)) for s in starts])
+        # Only the user weeks overlapping the requested months (days from today on masked out) are read.
+        _load(con, states, spans, first_seen=False)
         counts = {}
         for grain, sql in _STICKINESS_SQL.items():
             got = con.execute(sql).df()
@@ -411,15 +476,11 @@ def stickiness(
 
 
 _RETENTION_SQL = """
-WITH uw AS (
-    SELECT DISTINCT deployment, user_id, CAST(date_trunc('week', day) AS DATE) AS w FROM activity
+WITH cohort AS (
+    SELECT f.deployment, f.user_id, t.period_start AS first_w
+    FROM fs f JOIN targets t ON f.first_day >= t.period_start AND f.first_day < t.cohort_end
 ),
-first_seen AS (
-    SELECT deployment, user_id, min(w) AS first_w FROM uw GROUP BY deployment, user_id
-),
-cohort AS (
-    SELECT f.deployment, f.user_id, f.first_w FROM first_seen f JOIN targets t ON f.first_w = t.period_start
-)
+uw AS (SELECT DISTINCT deployment, user_id, week AS w FROM act)
 SELECT c.first_w AS period_start, c.deployment, 0 AS k, count(*) AS users
 FROM cohort c GROUP BY ALL
 UNION ALL
@@ -467,12 +528,19 @@ def retention(
     span = dt.timedelta(weeks=weeks + 1)
     last_end = max(starts) + span
     measured_all = _measured(deployments, max(starts) + dt.timedelta(days=7))
-    index = _day_index(storage, measured_all, min(last_end, today))
+    states = _states(storage, measured_all)
+    index = _day_index(states, min(last_end, today))
+    # The later weeks W+1 .. W+weeks of every cohort, each user week read once.
+    later = sorted({s + dt.timedelta(weeks=k) for s in starts for k in range(1, weeks + 1)})
+    spans = [
+        row for w in later if w < today for row in _spans(states, w, "later", w, min(w + dt.timedelta(days=7), today))
+    ]
 
     con = _connect()
     try:
-        _load_activity(con, storage, index, [(None, min(last_end, today))])
-        con.register("targets", pd.DataFrame({"period_start": starts}))
+        _load(con, states, spans, first_seen=True)
+        cohort_end = [min(s + dt.timedelta(days=7), today) for s in starts]
+        con.register("targets", pd.DataFrame({"period_start": starts, "cohort_end": cohort_end}))
         got = con.execute(_RETENTION_SQL, {"max_days": 7 * weeks}).df()
     finally:
         con.close()

@@ -12,6 +12,12 @@ Under the storage root (a local directory or ``s3://bucket/prefix``)::
                                                                   the ISO week, or 1st of the month)
     reports/<report>/<file>                                       the latest report (markdown and
                                                                   PNG charts), replaced on each run
+    state/days/deployment=<name>/days.json                         derived, rebuilt when missing: each
+                                                                  day's manifest version, events?, notes
+    state/user_weeks/deployment=<name>/week=YYYY-MM-DD/user_weeks.parquet
+                                                                  derived: users active in the ISO week,
+                                                                  with a bitmask of their days
+    state/first_seen/deployment=<name>/first_seen.parquet          derived: each user's first day seen
 
 Plain Python, no Dagster.
 """
@@ -76,3 +82,20 @@ def is_events_key(key: str) -> bool:
 
 def is_manifest_key(key: str) -> bool:
     return key.endswith("/" + MANIFEST_FILE)
+
+
+# Derived engagement state (renku_metrics.core.activity): small objects rebuilt from
+# raw events whenever they are missing or stale; deleting ``state/`` is always safe.
+STATE_PREFIX = "state/"
+
+
+def day_index_key(deployment: str) -> str:
+    return f"{STATE_PREFIX}days/deployment={deployment}/days.json"
+
+
+def user_weeks_key(deployment: str, week: dt.date) -> str:
+    return f"{STATE_PREFIX}user_weeks/deployment={deployment}/week={week.isoformat()}/user_weeks.parquet"
+
+
+def first_seen_key(deployment: str) -> str:
+    return f"{STATE_PREFIX}first_seen/deployment={deployment}/first_seen.parquet"

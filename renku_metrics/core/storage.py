@@ -76,6 +76,10 @@ class Storage(ABC):
         """All keys under ``prefix``, sorted."""
 
     @abstractmethod
+    def list_versions(self, prefix: str) -> dict[str, str]:
+        """{key: version} of all keys under ``prefix``; a version changes whenever the object is replaced."""
+
+    @abstractmethod
     def delete(self, key: str) -> None: ...
 
     @abstractmethod
@@ -160,20 +164,33 @@ class LocalStorage(Storage):
         return self._file(key).is_file()
 
     def list_keys(self, prefix: str) -> list[str]:
+        return sorted(self._walk(prefix))
+
+    def _walk(self, prefix: str) -> dict[str, str]:
+        """{key: local path} of the files under ``prefix`` (os.walk on strings: fast over many days)."""
         base = self._file(prefix)
         start = base if base.is_dir() else base.parent
         if not start.exists():
-            return []
-        keys = []
-        # os.walk: ten times faster than Path.rglob over a history of daily partitions.
+            return {}
+        root = str(self.path)
+        found = {}
         for directory, _, files in os.walk(start):
-            relative = Path(directory).relative_to(self.path).as_posix()
+            relative = directory[len(root) + 1 :].replace(os.sep, "/") if directory != root else "."
             for name in files:
                 if not name.startswith(".tmp-"):
                     key = name if relative == "." else f"{relative}/{name}"
                     if key.startswith(prefix):
-                        keys.append(key)
-        return sorted(keys)
+                        found[key] = os.path.join(directory, name)
+        return found
+
+    def list_versions(self, prefix: str) -> dict[str, str]:
+        versions = {}
+        for key, path in sorted(self._walk(prefix).items()):
+            with contextlib.suppress(FileNotFoundError):
+                st = os.stat(path)
+                # Every write is a new file renamed into place: a new inode and mtime.
+                versions[key] = f"{st.st_ino}-{st.st_mtime_ns}-{st.st_size}"
+        return versions
 
     def delete(self, key: str) -> None:
         with contextlib.suppress(FileNotFoundError):
@@ -266,6 +283,18 @@ class S3Storage(Storage):
         except Exception as exc:
             raise self._fail("listing", prefix, exc) from exc
         return sorted(keys)
+
+    def list_versions(self, prefix: str) -> dict[str, str]:
+        versions = {}
+        strip = len(self.prefix) + 1 if self.prefix else 0
+        try:
+            paginator = self.client.get_paginator("list_objects_v2")
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=self._key(prefix)):
+                for obj in page.get("Contents", []):
+                    versions[obj["Key"][strip:]] = f"{obj['ETag']}-{obj['LastModified'].isoformat()}-{obj['Size']}"
+        except Exception as exc:
+            raise self._fail("listing", prefix, exc) from exc
+        return versions
 
     def delete(self, key: str) -> None:
         try:

@@ -1,0 +1,276 @@
+"""Derived activity state: what the engagement views read instead of the raw history.
+
+Three kinds of small objects per deployment (keys in ``renku_metrics.core.layout``):
+
+* **day index** (``state/days/...``): for every stored day, the version of its
+  manifest and events objects (from one listing, ``Storage.list_versions``), whether
+  it has events and its incomplete-source notes. Only days whose version changed
+  since the index was written have their manifest read again.
+* **user weeks** (``state/user_weeks/.../week=<Monday>/``): the users active in one
+  ISO week (every user, excluded ones too: exclusions are applied when reading),
+  with a 7-bit mask of their active days and their first day in the week. Built
+  from the week's raw files; its ``signature`` (the versions of those days and
+  the deployment's ``start_date``) says which raw data it was built from.
+* **first seen** (``state/first_seen/...``): each user's first day in the
+  deployment's extracted history, with the version of every day folded in.
+
+Validity is checked against the day index at every use, never assumed: a user
+week whose signature differs from its days' current versions is rebuilt from
+raw (7 days); first seen folds in days that are new since it was written (a
+minimum is monotone under additions) and is rebuilt from the user weeks when a
+day it used was re-extracted or removed, or ``start_date`` moved later. Nothing
+here depends on ``excluded_users``, which is applied when reading, so changing
+exclusions needs no rebuild. Deleting ``state/`` is always safe: the next run
+rebuilds what it needs from raw events (one scan of the history).
+
+Cost of a weekly run: one listing of the deployment's raw keys and the day index
+(both metadata, about 100 bytes per day of history), first seen (about 40 bytes
+per user ever seen), the user weeks it needs (a few, each about the size of one
+week's distinct users), and the raw files of days not yet folded in. Plain
+Python, no Dagster.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import duckdb
+import pyarrow as pa
+
+from renku_metrics.core.config import Deployment
+from renku_metrics.core.coverage import DeploymentDays, day_status
+from renku_metrics.core.layout import (
+    day_index_key,
+    day_of_key,
+    first_seen_key,
+    is_events_key,
+    is_manifest_key,
+    manifest_key,
+    raw_events_key,
+    raw_events_prefix,
+    user_weeks_key,
+)
+from renku_metrics.core.manifest import Manifest
+from renku_metrics.core.periods import week_start
+from renku_metrics.core.storage import Storage
+
+STATE_FORMAT = 1
+_META = b"renku_metrics_state"
+USER_WEEKS_SCHEMA = pa.schema(
+    [
+        pa.field("user_id", pa.string(), nullable=False),
+        pa.field("days", pa.uint8(), nullable=False),  # bit i: active on Monday + i days
+        pa.field("first_day", pa.date32(), nullable=False),
+    ]
+)
+FIRST_SEEN_SCHEMA = pa.schema(
+    [pa.field("user_id", pa.string(), nullable=False), pa.field("first_day", pa.date32(), nullable=False)]
+)
+
+# (version, has events, incomplete-source notes) of one stored day.
+DayRecord = tuple[str, bool, list[str]]
+
+
+def _duckdb() -> duckdb.DuckDBPyConnection:
+    con = duckdb.connect(config={"memory_limit": os.environ.get("RENKU_METRICS_DUCKDB_MEMORY_LIMIT") or "1.2GB"})
+    # Casting a TIMESTAMPTZ to DATE uses the session time zone: make it UTC.
+    con.execute("SET TimeZone = 'UTC'")
+    con.execute("SET enable_progress_bar = false")
+    return con
+
+
+def _with_meta(table: pa.Table, meta: dict) -> pa.Table:
+    return table.replace_schema_metadata({_META: json.dumps(meta, sort_keys=True).encode()})
+
+
+def _meta_of(table: pa.Table) -> dict:
+    raw = (table.schema.metadata or {}).get(_META)
+    try:
+        meta = json.loads(raw) if raw else {}
+    except ValueError:
+        return {}
+    return meta if isinstance(meta, dict) and meta.get("format") == STATE_FORMAT else {}
+
+
+def _read_state(storage: Storage, key: str) -> pa.Table | None:
+    """A stored state object, or None when it is missing or unreadable (then it is rebuilt)."""
+    try:
+        return storage.read_parquet(key)
+    except FileNotFoundError:
+        return None
+    except (pa.ArrowException, OSError, ValueError):
+        return None
+
+
+def load_day_index(storage: Storage, deployment: Deployment) -> dict[dt.date, DayRecord]:
+    """Every stored day of the deployment (with a manifest), refreshed from the listing."""
+    name = deployment.name
+    parts: dict[dt.date, list[str]] = {}
+    for key, version in storage.list_versions(raw_events_prefix(name)).items():
+        if is_manifest_key(key):
+            parts.setdefault(day_of_key(key), ["", ""])[0] = version
+        elif is_events_key(key):
+            parts.setdefault(day_of_key(key), ["", ""])[1] = version
+    current = {day: f"{m}|{e}" for day, (m, e) in parts.items() if m}
+
+    stored: dict[dt.date, DayRecord] = {}
+    try:
+        raw = storage.read_json(day_index_key(name))
+        if raw.get("format") == STATE_FORMAT:
+            stored = {dt.date.fromisoformat(d): (v, bool(e), list(n)) for d, (v, e, n) in raw["days"].items()}
+    except (FileNotFoundError, ValueError, KeyError, TypeError, AttributeError):
+        stored = {}
+    index: dict[dt.date, DayRecord] = {}
+    for day, version in sorted(current.items()):
+        known = stored.get(day)
+        if known is not None and known[0] == version:
+            index[day] = known
+        else:
+            has_events, notes = day_status(Manifest.read_key(storage, manifest_key(name, day)))
+            index[day] = (version, has_events, notes)
+    if index != stored:
+        storage.write_json(
+            day_index_key(name),
+            {"format": STATE_FORMAT, "days": {d.isoformat(): list(r) for d, r in index.items()}},
+        )
+    return index
+
+
+@dataclass
+class DeploymentActivity:
+    """The derived state of one deployment, loaded and refreshed once per run."""
+
+    storage: Storage
+    deployment: Deployment
+    index: dict[dt.date, DayRecord]
+    _weeks: dict[dt.date, pa.Table] = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, storage: Storage, deployment: Deployment) -> DeploymentActivity:
+        return cls(storage, deployment, load_day_index(storage, deployment))
+
+    @property
+    def name(self) -> str:
+        return self.deployment.name
+
+    def days(self, until: dt.date) -> DeploymentDays:
+        """Coverage view of the days [start_date, until), as ``DeploymentDays.load`` would read it."""
+        return DeploymentDays(
+            self.deployment,
+            {d: (r[1], r[2]) for d, r in self.index.items() if self.deployment.start_date <= d < until},
+        )
+
+    def _history_days(self) -> dict[dt.date, DayRecord]:
+        return {d: r for d, r in self.index.items() if d >= self.deployment.start_date}
+
+    def _signature(self, week: dt.date) -> str | None:
+        """What the user week is built from; None when the week has no stored events."""
+        days = [week + dt.timedelta(days=i) for i in range(7)]
+        history = [(d, self.index[d]) for d in days if d in self.index and d >= self.deployment.start_date]
+        if not any(r[1] for _, r in history):
+            return None
+        text = f"{STATE_FORMAT}|{self.deployment.start_date}|" + ";".join(f"{d}={r[0]}" for d, r in history)
+        return hashlib.sha1(text.encode()).hexdigest()
+
+    def history_weeks(self) -> list[dt.date]:
+        return sorted({week_start(d) for d, r in self._history_days().items() if r[1]})
+
+    def user_weeks(self, weeks: Iterable[dt.date]) -> pa.Table:
+        """Users active in the given ISO weeks: columns week, user_id, days, first_day (rebuilt if stale)."""
+        weeks = sorted(set(weeks))
+        signatures = {w: self._signature(w) for w in weeks}
+        missing = []
+        for week in weeks:
+            sig = signatures[week]
+            if sig is None or week in self._weeks:
+                continue
+            table = _read_state(self.storage, user_weeks_key(self.name, week))
+            if table is not None and _meta_of(table).get("signature") == sig:
+                self._weeks[week] = table.cast(USER_WEEKS_SCHEMA)
+            else:
+                missing.append(week)
+        if missing:
+            self._build_weeks(missing, signatures)
+        parts = []
+        for week in weeks:
+            table = self._weeks.get(week) if signatures[week] is not None else None
+            if table is not None and table.num_rows:
+                parts.append(table.append_column("week", pa.array([week] * table.num_rows, pa.date32())))
+        if not parts:
+            return USER_WEEKS_SCHEMA.empty_table().append_column("week", pa.array([], pa.date32()))
+        return pa.concat_tables(parts)
+
+    def _build_weeks(self, weeks: list[dt.date], signatures: dict[dt.date, str | None]) -> None:
+        """User weeks from raw events: one scan over all the weeks' files."""
+        wanted = set(weeks)
+        keys = [
+            raw_events_key(self.name, d)
+            for d, r in sorted(self._history_days().items())
+            if r[1] and week_start(d) in wanted
+        ]
+        con = _duckdb()
+        try:
+            with self.storage.local_paths(keys) as paths:
+                built = con.sql(
+                    """
+                    WITH e AS (
+                        SELECT user_id, CAST(occurred_at AS DATE) AS day FROM read_parquet($paths)
+                    )
+                    SELECT CAST(date_trunc('week', day) AS DATE) AS week, user_id,
+                           CAST(bit_or(CAST(1 AS UTINYINT) << CAST(isodow(day) - 1 AS INTEGER))
+                                AS UTINYINT) AS days,
+                           min(day) AS first_day
+                    FROM e GROUP BY ALL ORDER BY week, user_id
+                    """,
+                    params={"paths": paths},
+                ).to_arrow_table()
+        finally:
+            con.close()
+        week_col = built.column("week").to_pylist()
+        bounds: dict[dt.date, list[int]] = {}
+        for i, w in enumerate(week_col):
+            bounds.setdefault(w, [i, i])[1] = i + 1
+        for week in weeks:
+            lo, hi = bounds.get(week, (0, 0))
+            table = built.slice(lo, hi - lo).select(["user_id", "days", "first_day"]).cast(USER_WEEKS_SCHEMA)
+            table = _with_meta(table, {"format": STATE_FORMAT, "signature": signatures[week]})
+            self.storage.write_parquet(user_weeks_key(self.name, week), table)
+            self._weeks[week] = table
+
+    def first_seen(self) -> pa.Table:
+        """Each user's first day in the extracted history (columns user_id, first_day), kept current."""
+        current = {d.isoformat(): r[0] for d, r in self._history_days().items()}
+        stored = _read_state(self.storage, first_seen_key(self.name))
+        consumed = _meta_of(stored).get("days") if stored is not None else None
+        if isinstance(consumed, dict) and all(current.get(d) == v for d, v in consumed.items()):
+            new_days = [d for d in current if d not in consumed]
+            if not new_days:
+                return stored.cast(FIRST_SEEN_SCHEMA)
+            base = stored.cast(FIRST_SEEN_SCHEMA)
+            weeks = sorted(
+                {week_start(dt.date.fromisoformat(d)) for d in new_days if self.index[dt.date.fromisoformat(d)][1]}
+            )
+        else:
+            base = FIRST_SEEN_SCHEMA.empty_table()
+            weeks = self.history_weeks()
+        folded = self.user_weeks(weeks).select(["user_id", "first_day"]).cast(FIRST_SEEN_SCHEMA)
+        con = _duckdb()
+        try:
+            con.register("base", base)
+            con.register("folded", folded)
+            table = con.sql(
+                "SELECT user_id, min(first_day) AS first_day "
+                "FROM (SELECT * FROM base UNION ALL SELECT * FROM folded) GROUP BY user_id ORDER BY user_id"
+            ).to_arrow_table()
+        finally:
+            con.close()
+        table = table.cast(FIRST_SEEN_SCHEMA)
+        self.storage.write_parquet(
+            first_seen_key(self.name), _with_meta(table, {"format": STATE_FORMAT, "days": current})
+        )
+        return table
