@@ -76,8 +76,15 @@ FIRST_SEEN_SCHEMA = pa.schema(
 DayRecord = tuple[str, bool, list[str]]
 
 
+def duckdb_memory_limit() -> str:
+    """DuckDB's memory cap: $RENKU_METRICS_DUCKDB_MEMORY_LIMIT, else the aggregates' default."""
+    from renku_metrics.core.aggregate import DEFAULT_DUCKDB_MEMORY_LIMIT, DUCKDB_MEMORY_ENV
+
+    return os.environ.get(DUCKDB_MEMORY_ENV) or DEFAULT_DUCKDB_MEMORY_LIMIT
+
+
 def _duckdb() -> duckdb.DuckDBPyConnection:
-    con = duckdb.connect(config={"memory_limit": os.environ.get("RENKU_METRICS_DUCKDB_MEMORY_LIMIT") or "1.2GB"})
+    con = duckdb.connect(config={"memory_limit": duckdb_memory_limit()})
     # Casting a TIMESTAMPTZ to DATE uses the session time zone: make it UTC.
     con.execute("SET TimeZone = 'UTC'")
     con.execute("SET enable_progress_bar = false")

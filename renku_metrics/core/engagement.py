@@ -48,7 +48,7 @@ import duckdb
 import pandas as pd
 import pyarrow as pa
 
-from renku_metrics.core.activity import DeploymentActivity
+from renku_metrics.core.activity import DeploymentActivity, duckdb_memory_limit
 from renku_metrics.core.config import Deployment
 from renku_metrics.core.coverage import HISTORY_WARMUP_WEEKS, DeploymentDays, HistoryStatus
 from renku_metrics.core.events import ALL_DEPLOYMENTS, ROLLUP_USER_SQL
@@ -141,6 +141,7 @@ _LOAD_USER_WEEKS = """
 CREATE TEMP TABLE uw AS
 SELECT u.deployment, u.week, u.user_id, u.days FROM uw_raw u
 WHERE NOT EXISTS (SELECT 1 FROM excluded x WHERE x.deployment = u.deployment AND x.user_id = u.user_id)
+  AND {keep}
 """
 
 # The users (and ``all`` rollup users) active on the masked days of each span, with those days.
@@ -158,7 +159,7 @@ SELECT target, role, $all_name AS deployment, week, {rollup_user} AS user_id, bi
 
 
 def _connect() -> duckdb.DuckDBPyConnection:
-    con = duckdb.connect()
+    con = duckdb.connect(config={"memory_limit": duckdb_memory_limit()})
     con.execute("SET TimeZone = 'UTC'")
     con.execute("SET enable_progress_bar = false")
     return con
@@ -169,6 +170,7 @@ def _load(
     states: dict[str, DeploymentActivity],
     spans: list[tuple],
     first_seen: bool,
+    keep: str = "true",
 ) -> None:
     """Tables ``fs`` (first seen, with ``all``) and ``act`` (activity of the spans), excluded users left out."""
     excluded = [(name, key) for name, st in states.items() for key in st.deployment.excluded_user_keys()]
@@ -194,7 +196,7 @@ def _load(
         parts.append(table.append_column("deployment", pa.array([name] * table.num_rows, pa.string())))
     uw_raw = pa.concat_tables(parts).select(["deployment", "week", "user_id", "days"]) if parts else _EMPTY_UW
     con.register("uw_raw", uw_raw)
-    con.execute(_LOAD_USER_WEEKS)
+    con.execute(_LOAD_USER_WEEKS.replace("{keep}", keep))
     con.register(
         "spans",
         pd.DataFrame(spans, columns=["target", "role", "deployment", "week", "mask"]).astype(
@@ -538,9 +540,15 @@ def retention(
 
     con = _connect()
     try:
-        _load(con, states, spans, first_seen=True)
         cohort_end = [min(s + dt.timedelta(days=7), today) for s in starts]
         con.register("targets", pd.DataFrame({"period_start": starts, "cohort_end": cohort_end}))
+        # Only the later weeks of users first seen in a cohort week matter (by raw id: a Keycloak-derived
+        # id is the same person on every deployment, so its rows on all deployments are kept for ``all``).
+        keep = (
+            "u.user_id IN (SELECT f.user_id FROM fs_raw f JOIN targets t "
+            "ON f.first_day >= t.period_start AND f.first_day < t.cohort_end)"
+        )
+        _load(con, states, spans, first_seen=True, keep=keep)
         got = con.execute(_RETENTION_SQL, {"max_days": 7 * weeks}).df()
     finally:
         con.close()

@@ -247,9 +247,10 @@ def build_engagement_assets(config: MetricsConfig) -> dict[str, list[AssetsDefin
     warmup = engagement.HISTORY_WARMUP_WEEKS
     weeks = engagement.RETENTION_WEEKS
     history_read = (
-        "Reads more than the period's own days: `user_id` and `occurred_at` of every extracted day of each "
-        "deployment from its start_date up to the end of the period (the dependency on raw events is declared "
-        "only for the period's days, so after backfilling older days, rematerialize these partitions)."
+        "Depends on more than the period's own days (first seen needs the whole history): reads the derived "
+        "state under state/ (each user's first seen day and the weekly user sets, kept current from raw events "
+        "at every run, so a run's cost does not grow with history); the dependency on raw events is declared "
+        "only for the period's days, so after backfilling older days, rematerialize these partitions."
     )
     history_flag = (
         f"`history_complete` is false unless at least {warmup} weeks of gap-free history (every day extracted, "
@@ -295,7 +296,7 @@ def build_engagement_assets(config: MetricsConfig) -> dict[str, list[AssetsDefin
             "dau_mau = mean daily active users over all days of the month (zero-activity days included) / the "
             "month's active users. Columns: deployment, period, period_start, period_end, monthly_active_users, "
             "weeks, mean_weekly_active_users, wau_mau, days, mean_daily_active_users, dau_mau, complete, "
-            "coverage_note, computed_at. Reads exactly the month's days. An unfinished month averages only "
+            "coverage_note, computed_at. Reads the weekly user sets of the weeks overlapping the month. An unfinished month averages only "
             f"the weeks and days ended so far and is complete=false. {_COMMON_BLIND}"
         ),
         checks=STICKINESS_CHECKS,
@@ -317,8 +318,9 @@ def build_engagement_assets(config: MetricsConfig) -> dict[str, list[AssetsDefin
             "Columns: deployment, period, period_start, period_end, cohort_users, retained_w1..retained_w8, "
             "retention_w1..retention_w8, weeks_observed, observed_until, history_weeks, history_complete, "
             "complete, coverage_note, computed_at. "
-            f"Reads earlier and later days than W: the whole history before W and the {weeks} weeks after it "
-            "(as far as extracted), `user_id` and `occurred_at` only; the dependency on raw events is declared only "
+            f"Depends on earlier and later days than W: first seen over the whole history and the {weeks} weeks "
+            "after W, read from the derived state under state/ (kept current from raw events at every run); the "
+            "dependency on raw events is declared only "
             f"for W's days. A run for weeks [a, b] also recomputes the {weeks} cohorts before a, whose later weeks "
             f"have ended since, and records their materializations. {history_flag} Cohort weeks before a "
             f"deployment's start_date have no row for it; the week containing start_date is history_complete=false. "
