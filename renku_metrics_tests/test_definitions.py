@@ -147,7 +147,7 @@ def test_every_asset_has_description_group_and_owner():
 def test_daily_schedule_requests_yesterday_and_retries_incomplete_days(tmp_path, fixture_source):
     import datetime as dt
 
-    from dagster import build_schedule_context
+    from dagster import build_schedule_context, instance_for_test
 
     from renku_metrics.core.extract import extract_day
     from renku_metrics.core.storage import open_storage
@@ -172,11 +172,15 @@ def test_daily_schedule_requests_yesterday_and_retries_incomplete_days(tmp_path,
     defs = build_defs(config=config, storage_root=root)
     schedule = defs.get_repository_def().get_schedule_def("alpha_daily_extract_schedule")
     when = dt.datetime(2025, 3, 10, 1, 30, tzinfo=dt.timezone.utc)
-    with build_schedule_context(
-        scheduled_execution_time=when,
-        resources={"metrics_storage": MetricsStorageResource(root=root)},
-        repository_def=defs.get_repository_def(),
-    ) as context:
+    with (
+        instance_for_test() as instance,
+        build_schedule_context(
+            scheduled_execution_time=when,
+            resources={"metrics_storage": MetricsStorageResource(root=root)},
+            repository_def=defs.get_repository_def(),
+            instance=instance,
+        ) as context,
+    ):
         requests = list(schedule.evaluate_tick(context).run_requests)
     # 03-09 is yesterday; 03-05 was incomplete; 03-02 is missing but outside the 7-day lookback.
     assert [r.partition_key for r in requests] == ["2025-03-05", "2025-03-09"]
@@ -186,7 +190,7 @@ def test_daily_schedule_requests_yesterday_and_retries_incomplete_days(tmp_path,
 def test_weekly_schedule_reruns_weeks_completed_since(tmp_path, fixture_source):
     import datetime as dt
 
-    from dagster import DagsterInstance, build_schedule_context
+    from dagster import DagsterInstance, build_schedule_context, instance_for_test
 
     from renku_metrics.core.extract import extract_day
     from renku_metrics.core.storage import open_storage
@@ -213,11 +217,15 @@ def test_weekly_schedule_reruns_weeks_completed_since(tmp_path, fixture_source):
 
     def requested():
         when = dt.datetime(2025, 3, 24, 4, tzinfo=dt.timezone.utc)
-        with build_schedule_context(
-            scheduled_execution_time=when,
-            resources={"metrics_storage": MetricsStorageResource(root=root)},
-            repository_def=defs.get_repository_def(),
-        ) as context:
+        with (
+            instance_for_test() as instance,
+            build_schedule_context(
+                scheduled_execution_time=when,
+                resources={"metrics_storage": MetricsStorageResource(root=root)},
+                repository_def=defs.get_repository_def(),
+                instance=instance,
+            ) as context,
+        ):
             return [r.partition_key for r in schedule.evaluate_tick(context).run_requests]
 
     # The week of 03-03 is stored incomplete and its day 03-05 is still incomplete: only the week just ended.

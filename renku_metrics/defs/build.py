@@ -9,16 +9,17 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 
-from dagster import DefaultSensorStatus, Definitions, build_sensor_for_freshness_checks, in_process_executor
+from dagster import Definitions, in_process_executor
 
 from renku_metrics.core.catalog import Catalog, load_catalog
 from renku_metrics.core.config import MetricsConfig, load_config
 from renku_metrics.defs.aggregates.assets import build_metric_assets
-from renku_metrics.defs.aggregates.checks import build_weekly_freshness_checks
+from renku_metrics.defs.aggregates.checks import period_freshness_rules
 from renku_metrics.defs.aggregates.schedules import build_period_job_and_schedule
 from renku_metrics.defs.engagement.assets import build_engagement_assets
+from renku_metrics.defs.freshness import build_freshness_checks, build_freshness_sensor
 from renku_metrics.defs.raw_events.assets import build_raw_events_asset
-from renku_metrics.defs.raw_events.checks import build_raw_events_freshness_checks
+from renku_metrics.defs.raw_events.checks import raw_events_freshness_rules
 from renku_metrics.defs.raw_events.schedules import build_daily_extract_schedule
 from renku_metrics.defs.report.assets import build_report_asset, build_report_job_and_sensor
 from renku_metrics.defs.resources import metrics_storage_resource
@@ -50,21 +51,21 @@ def build_defs(
     report = build_report_asset()
     report_job, report_sensor = build_report_job_and_sensor(report)
     jobs.append(report_job)
-    checks = [
-        *build_raw_events_freshness_checks([a.key for a in raw_assets]),
-        *build_weekly_freshness_checks([k for a in [*weekly, *engagement["week"]] for k in a.keys]),
-    ]
+    freshness = {
+        **raw_events_freshness_rules(config.deployments),
+        **period_freshness_rules(
+            "week", config.earliest_start, [k for a in [*weekly, *engagement["week"]] for k in a.keys]
+        ),
+        **period_freshness_rules(
+            "month", config.earliest_start, [k for a in [*monthly, *engagement["month"]] for k in a.keys]
+        ),
+    }
     return Definitions(
         assets=[*raw_assets, *weekly, *monthly, *engagement["week"], *engagement["month"], report],
-        asset_checks=checks,
+        asset_checks=[build_freshness_checks(freshness)],
         jobs=jobs,
         schedules=schedules,
-        sensors=[
-            build_sensor_for_freshness_checks(
-                freshness_checks=checks, name="freshness_checks_sensor", default_status=DefaultSensorStatus.RUNNING
-            ),
-            report_sensor,
-        ],
+        sensors=[build_freshness_sensor(freshness), report_sensor],
         resources={"metrics_storage": metrics_storage_resource(storage_root)},
         # Every run executes its steps in the run's own process: a backfill runs one period
         # per run, and a subprocess per step would multiply each run's start-up cost.

@@ -6,13 +6,14 @@ the catalog's targets, and freshness."""
 import datetime as dt
 
 import pandas as pd
-from dagster import AssetCheckResult, AssetCheckSeverity, AssetKey, MetadataValue, build_time_partition_freshness_checks
+from dagster import AssetCheckResult, AssetCheckSeverity, AssetKey, MetadataValue
 
 from renku_metrics.core.catalog import Catalog, Metric, Target
 from renku_metrics.core.config import MetricsConfig
 from renku_metrics.core.coverage import DeploymentCoverage
 from renku_metrics.core.events import ALL_DEPLOYMENTS
 from renku_metrics.defs.checks import duplicate_rows, missing_deployments
+from renku_metrics.defs.freshness import MONTHLY_DEADLINE, WEEKLY_DEADLINE, FreshnessRule
 
 _ONE_ROW = "one_row_per_key"
 _PRESENT = (
@@ -200,6 +201,8 @@ def evaluate_target(
     return AssetCheckResult(check_name=check_name, passed=bool(met), severity=AssetCheckSeverity.WARN, metadata=meta)
 
 
-def build_weekly_freshness_checks(keys: list[AssetKey]):
-    """The last complete week must be aggregated by Tuesday 00:00 UTC."""
-    return build_time_partition_freshness_checks(assets=keys, deadline_cron="0 0 * * 2", timezone="UTC")
+def period_freshness_rules(period: str, first: dt.date, keys: list[AssetKey]) -> dict[AssetKey, FreshnessRule]:
+    """The week just ended must be aggregated by Tuesday 00:00 UTC, the month just
+    ended by the 2nd, 00:00 UTC."""
+    deadline = WEEKLY_DEADLINE if period == "week" else MONTHLY_DEADLINE
+    return {key: FreshnessRule(period, first, deadline) for key in keys}

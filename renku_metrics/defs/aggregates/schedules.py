@@ -19,6 +19,7 @@ from renku_metrics.core.periods import PERIOD_SUFFIX, period_bounds, period_star
 from renku_metrics.core.storage import Storage
 from renku_metrics.defs.keys import active_users_name
 from renku_metrics.defs.resources import MetricsStorageResource
+from renku_metrics.defs.runs import partitions_in_flight
 
 RECHECK_PERIODS = {"week": 4, "month": 2}
 
@@ -60,12 +61,13 @@ def build_period_job_and_schedule(config: MetricsConfig, period: str, assets: li
     """Weekly: Mondays 04:00 UTC for the week just ended. Monthly: the 1st, 05:00 UTC.
 
     Each tick also reruns earlier periods (4 weeks, 2 months) that were aggregated
-    while some of their days were incomplete and have since been completed.
+    while some of their days were incomplete and have since been completed. A period
+    that already has a queued or running run is not requested again.
     """
     name = f"{PERIOD_SUFFIX[period]}_metrics"
     job = define_asset_job(
         name=name,
-        # The assets with their own checks; freshness checks are left to their sensor.
+        # The assets with their own checks; the freshness checks are evaluated by their sensor.
         selection=AssetSelection.assets(*assets).without_checks() | AssetSelection.checks(*assets),
         description=f"Aggregate the {PERIOD_SUFFIX[period]} metrics of a period.",
     )
@@ -78,14 +80,20 @@ def build_period_job_and_schedule(config: MetricsConfig, period: str, assets: li
         default_status=DefaultScheduleStatus.RUNNING,
         description=(
             f"Aggregates the {period} just ended, and reruns earlier {period}s that were aggregated "
-            "incomplete but whose days have all been extracted in full since."
+            "incomplete but whose days have all been extracted in full since. A period already "
+            "queued or running is not requested again."
         ),
     )
     def period_schedule(context: ScheduleEvaluationContext, metrics_storage: MetricsStorageResource):
         when = context.scheduled_execution_time or dt.datetime.now(dt.timezone.utc)
         today = when.astimezone(dt.timezone.utc).date()
         storage = metrics_storage.get_storage()
-        for start in periods_to_aggregate(storage, config, period, today):
-            yield RunRequest(run_key=f"{start.isoformat()}@{today.isoformat()}", partition_key=start.isoformat())
+        keys = [start.isoformat() for start in periods_to_aggregate(storage, config, period, today)]
+        busy = partitions_in_flight(context.instance, job.name, [k for a in assets for k in a.keys], keys)
+        if busy:
+            context.log.info("Not requested again, already queued or running: %s", ", ".join(sorted(busy)))
+        for key in keys:
+            if key not in busy:
+                yield RunRequest(run_key=f"{key}@{today.isoformat()}", partition_key=key)
 
     return job, period_schedule

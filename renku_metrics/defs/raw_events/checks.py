@@ -1,14 +1,12 @@
 """Checks on each deployment's raw events: blocking data checks and freshness."""
 
-import datetime as dt
-
-from dagster import AssetKey, build_last_update_freshness_checks
+from dagster import AssetKey
 
 from renku_metrics.core.raw_checks import BLOCKING_CHECKS, count_violations
+from renku_metrics.defs.freshness import DAILY_DEADLINE, FreshnessRule
+from renku_metrics.defs.keys import raw_events_asset_key
 
-__all__ = ["BLOCKING_CHECKS", "FRESHNESS", "RAW_EVENT_CHECKS", "build_raw_events_freshness_checks", "count_violations"]
-
-FRESHNESS = dt.timedelta(hours=36)
+__all__ = ["BLOCKING_CHECKS", "RAW_EVENT_CHECKS", "count_violations", "raw_events_freshness_rules"]
 
 # The blocking checks (SQL in renku_metrics.core.raw_checks) run on each day's rows
 # before the day is published: a failing day is withheld from storage, and so
@@ -26,6 +24,7 @@ RAW_EVENT_CHECKS = {
 }
 
 
-def build_raw_events_freshness_checks(keys: list[AssetKey]):
-    """Warn when a deployment's latest extract is older than 36 hours."""
-    return build_last_update_freshness_checks(assets=keys, lower_bound_delta=FRESHNESS)
+def raw_events_freshness_rules(deployments) -> dict[AssetKey, FreshnessRule]:
+    """Warn when a deployment's yesterday (UTC) is not extracted by 08:00 UTC, however
+    recently an older day was backfilled."""
+    return {raw_events_asset_key(d.name): FreshnessRule("day", d.start_date, DAILY_DEADLINE) for d in deployments}

@@ -16,6 +16,7 @@ from renku_metrics.core.config import Deployment
 from renku_metrics.core.manifest import Manifest
 from renku_metrics.core.storage import Storage
 from renku_metrics.defs.resources import MetricsStorageResource
+from renku_metrics.defs.runs import partitions_in_flight
 
 REEXTRACT_DAYS = 7
 
@@ -42,7 +43,8 @@ def days_to_extract(
 
 def build_daily_extract_schedule(deployment: Deployment, asset_def: AssetsDefinition):
     """Every day at 01:30 UTC: extract the previous UTC day of one deployment, and retry
-    the days of the past week that are missing or were incomplete."""
+    the days of the past week that are missing or were incomplete; days that already
+    have a queued or running run are left to it."""
     job = define_asset_job(
         name=f"{deployment.name}_daily_extract",
         # The asset with its own checks; freshness checks are left to their sensor.
@@ -58,15 +60,20 @@ def build_daily_extract_schedule(deployment: Deployment, asset_def: AssetsDefini
         default_status=DefaultScheduleStatus.RUNNING,
         description=(
             "Extracts yesterday (UTC), and re-extracts any of the previous 7 days that is missing "
-            "or whose sources could not read their whole window."
+            "or whose sources could not read their whole window. A day already queued or running "
+            "is not requested again."
         ),
     )
     def daily_extract(context: ScheduleEvaluationContext, metrics_storage: MetricsStorageResource):
         when = context.scheduled_execution_time or dt.datetime.now(dt.timezone.utc)
         today = when.astimezone(dt.timezone.utc).date()
         storage = metrics_storage.get_storage()
-        for day in days_to_extract(storage, deployment, today):
-            key = day.isoformat()
-            yield RunRequest(run_key=f"{key}@{today.isoformat()}", partition_key=key)
+        keys = [day.isoformat() for day in days_to_extract(storage, deployment, today)]
+        busy = partitions_in_flight(context.instance, job.name, [asset_def.key], keys)
+        if busy:
+            context.log.info("Not requested again, already queued or running: %s", ", ".join(sorted(busy)))
+        for key in keys:
+            if key not in busy:
+                yield RunRequest(run_key=f"{key}@{today.isoformat()}", partition_key=key)
 
     return job, daily_extract
