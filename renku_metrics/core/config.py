@@ -126,9 +126,20 @@ _ENTRY_MESSAGES = {
 }
 
 
+# The deployments.yaml of the source tree this package was installed from (an
+# editable install or the container image, which keeps the tree at /app).
+BUNDLED_DEPLOYMENTS_FILE = Path(__file__).resolve().parents[2] / DEFAULT_DEPLOYMENTS_FILE
+
+
 def deployments_path(env: Mapping[str, str] | None = None) -> Path:
+    """$RENKU_METRICS_DEPLOYMENTS when set; else ./deployments.yaml when the working
+    directory has one; else the source tree's deployments.yaml, wherever the
+    process was started."""
     env = os.environ if env is None else env
-    return Path(env.get(DEPLOYMENTS_ENV) or DEFAULT_DEPLOYMENTS_FILE)
+    if env.get(DEPLOYMENTS_ENV):
+        return Path(env[DEPLOYMENTS_ENV])
+    local = Path(DEFAULT_DEPLOYMENTS_FILE)
+    return local if local.exists() else BUNDLED_DEPLOYMENTS_FILE
 
 
 def _file(raw: Any, path: str) -> DeploymentsFile:
@@ -183,7 +194,7 @@ def parse_config(raw: Any, path: str) -> MetricsConfig:
 
 
 def load_config(path: str | os.PathLike | None = None, env: Mapping[str, str] | None = None) -> MetricsConfig:
-    """Load and validate a deployments file (default: $RENKU_METRICS_DEPLOYMENTS or ./deployments.yaml)."""
+    """Load and validate a deployments file (default: see ``deployments_path``)."""
     env = os.environ if env is None else env
     path = Path(path) if path is not None else deployments_path(env)
     if not path.exists():
