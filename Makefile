@@ -11,7 +11,7 @@ PG_USER ?= renku_metrics
 PG_PASSWORD ?= renku_metrics
 PG_DB ?= renku_metrics_test
 
-.PHONY: install demo dev test lint pg benchmark clean
+.PHONY: install demo dev test lint pg benchmark clean prod-local
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -52,10 +52,17 @@ lint: install
 test: install lint pg
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
+# The Helm chart's topology on this machine (README "Production"): PostgreSQL
+# (`make pg`), S3 (moto), the code location's gRPC server run with the image's own
+# command, dagster-webserver and dagster-daemon reading deploy/workspace.grpc.yaml.
+# Prints the UI's address; Ctrl-C stops everything.
+prod-local: install pg
+	$(PY) -m renku_metrics_tests.prod_local
+
 # Synthetic history of EVENTS events in a temporary directory; prints times and peak RSS.
 EVENTS ?= 2000000
 benchmark: install
 	$(PY) -m renku_metrics_tests.benchmarks --events $(EVENTS)
 
 clean:
-	rm -rf data .dagster_home
+	rm -rf data .dagster_home .prod_local

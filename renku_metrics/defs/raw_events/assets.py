@@ -17,12 +17,9 @@ from dagster import (
     AssetExecutionContext,
     AssetsDefinition,
     BackfillPolicy,
-    Backoff,
     Failure,
-    Jitter,
     MaterializeResult,
     MetadataValue,
-    RetryPolicy,
     asset,
 )
 
@@ -39,10 +36,6 @@ from renku_metrics.defs.raw_events.checks import BLOCKING_CHECKS, RAW_EVENT_CHEC
 from renku_metrics.defs.resources import MetricsStorageResource
 
 GROUP = "raw_events"
-
-# An upstream outage: the step is retried after ~1, 2, 4 and 8 minutes (on top of
-# each source's own HTTP retries). Configuration errors are not retried.
-EXTRACT_RETRY_POLICY = RetryPolicy(max_retries=4, delay=60, backoff=Backoff.EXPONENTIAL, jitter=Jitter.PLUS_MINUS)
 
 
 def _description(deployment: Deployment) -> str:
@@ -128,7 +121,6 @@ def build_raw_events_asset(deployment: Deployment) -> AssetsDefinition:
         check_specs=specs,
         tags={"deployment": deployment.name},
         pool=f"extract_{deployment.name}",  # one extract per deployment at a time (dagster.yaml)
-        retry_policy=EXTRACT_RETRY_POLICY,
     )
     def raw_events(context: AssetExecutionContext, metrics_storage: MetricsStorageResource) -> MaterializeResult:
         storage = metrics_storage.get_storage()
@@ -138,7 +130,7 @@ def build_raw_events_asset(deployment: Deployment) -> AssetsDefinition:
         extracts = []
         try:
             sources = build_sources(deployment, os.environ)  # one per run: caches span the days
-        except ConfigError as exc:  # would fail the same way on every retry
+        except ConfigError as exc:  # would fail the same way on every retry (see the daily job's retry policy)
             raise Failure(description=str(exc), allow_retries=False) from exc
         recent_ids = RecentEventIds(storage, deployment.name)
         while day < window.end.date():

@@ -5,7 +5,10 @@ import datetime as dt
 from dagster import (
     AssetsDefinition,
     AssetSelection,
+    Backoff,
     DefaultScheduleStatus,
+    Jitter,
+    RetryPolicy,
     RunRequest,
     ScheduleEvaluationContext,
     define_asset_job,
@@ -19,6 +22,12 @@ from renku_metrics.defs.resources import MetricsStorageResource
 from renku_metrics.defs.runs import partitions_in_flight
 
 REEXTRACT_DAYS = 7
+
+# A failed extract step of the daily job (an upstream outage) is retried after about
+# 1, 2, 4 and 8 minutes, on top of each source's own HTTP retries. A configuration
+# error (e.g. a secret's variable not set) raises Failure(allow_retries=False) and
+# is not retried.
+EXTRACT_RETRY_POLICY = RetryPolicy(max_retries=4, delay=60, backoff=Backoff.EXPONENTIAL, jitter=Jitter.PLUS_MINUS)
 
 
 def days_to_extract(
@@ -50,6 +59,7 @@ def build_daily_extract_schedule(deployment: Deployment, asset_def: AssetsDefini
         # The asset with its own checks; freshness checks are left to their sensor.
         selection=AssetSelection.assets(asset_def).without_checks() | AssetSelection.checks(asset_def),
         description=f"Extract UTC days of deployment {deployment.name}.",
+        op_retry_policy=EXTRACT_RETRY_POLICY,
     )
 
     @schedule(
