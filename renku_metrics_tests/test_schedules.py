@@ -7,13 +7,14 @@ import uuid
 
 import pandas as pd
 import pytest
-from dagster import AssetKey, DagsterRun, DagsterRunStatus, build_schedule_context
+from dagster import DagsterRun, DagsterRunStatus, build_schedule_context
 from dagster._core.remote_origin import RegisteredCodeLocationOrigin, RemoteJobOrigin, RemoteRepositoryOrigin
 
 from renku_metrics.core.layout import metrics_key
 from renku_metrics.core.storage import open_storage
 from renku_metrics.defs.aggregates.schedules import RECHECK_PERIODS, periods_to_aggregate
 from renku_metrics.defs.build import build_defs
+from renku_metrics.defs.keys import raw_events_asset_key
 from renku_metrics.defs.raw_events.schedules import REEXTRACT_DAYS, days_to_extract
 from renku_metrics.defs.resources import MetricsStorageResource
 
@@ -135,7 +136,7 @@ def test_daily_schedule_skips_days_already_queued_or_running(tmp_path, pg_instan
     when = dt.datetime(2027, 1, 1, 1, 30, tzinfo=UTC)
     everything = [f"2026-12-{d}" for d in range(25, 32)]
     assert tick(defs, "alpha_daily_extract_schedule", when, root, pg_instance) == everything
-    alpha = AssetKey(["alpha", "raw_events"])
+    alpha = raw_events_asset_key("alpha")
     # Yesterday's run of the previous tick still waits in the queue (blocked extract).
     _add_run(pg_instance, "alpha_daily_extract", DagsterRunStatus.QUEUED, {"dagster/partition": "2026-12-31"})
     # A UI backfill of alpha running over 12-25..12-27 as one run.
