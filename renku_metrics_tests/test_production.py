@@ -143,7 +143,7 @@ def test_missing_secret_is_not_retried(tmp_path, monkeypatch):
         yaml.safe_dump({"deployments": [{"name": "kc", "start_date": "2026-01-01", "sources": {"keycloak": keycloak}}]})
     )
     monkeypatch.delenv("KC_TEST_SECRET_NOT_SET", raising=False)
-    config = load_config(path, env={}, check_secrets=False)
+    config = load_config(path, env={})
     defs = build_defs(config=config, storage_root=str(tmp_path / "data"))
     job = defs.resolve_job_def("kc_daily_extract")
     assert job.op_retry_policy is not None
@@ -218,6 +218,18 @@ def prod(postgres_server, s3_endpoint):
                         "name": "demo_a",
                         "start_date": "2026-03-01",
                         "sources": {"demo": {"seed": 3, "users": 300, "launch_date": "2025-01-01"}},
+                    },
+                    {  # its secret is set nowhere: only its own runs may fail
+                        "name": "nosecret",
+                        "start_date": "2026-06-01",
+                        "sources": {
+                            "keycloak": {
+                                "url": sim.base_url,
+                                "realm": sim.realm,
+                                "client_id": sim.client_id,
+                                "client_secret_env": "NOSECRET_CLIENT_SECRET",
+                            }
+                        },
                     },
                     {
                         "name": "kc",
@@ -378,3 +390,23 @@ def test_killed_extract_fails_frees_its_slot_and_the_next_extract_runs(prod):
             topology,
         )
         assert retried[0].tags["dagster/partition"] == "2026-06-01"
+
+
+def test_prod_local_missing_secret_fails_only_its_deployment(prod):
+    """The code location loaded although one deployment's secret is set nowhere (the
+    other tests ran through it); that deployment's run fails at once, naming the
+    variable, and is not retried."""
+    topology = prod["prod"]
+    assert "NOSECRET_CLIENT_SECRET" not in {**topology.common, **topology.code_only}
+    run_id = topology.launch_job("nosecret_daily_extract", "2026-06-01")
+    with _instance(topology) as instance:
+        _wait(
+            "run FAILED",
+            lambda: instance.get_run_by_id(run_id).status == DagsterRunStatus.FAILURE,
+            240,
+            topology,
+        )
+        types = [e.dagster_event_type for e in instance.all_logs(run_id)]
+        assert DagsterEventType.STEP_UP_FOR_RETRY not in types
+        assert any("NOSECRET_CLIENT_SECRET" in text for text in _failures(instance, [instance.get_run_by_id(run_id)]))
+        assert not instance.get_runs(RunsFilter(tags={"dagster/parent_run_id": run_id}))
