@@ -28,8 +28,11 @@ $(DAGSTER_HOME_LOCAL)/dagster.yaml:
 demo: install $(DAGSTER_HOME_LOCAL)/dagster.yaml
 	DAGSTER_HOME=$(DAGSTER_HOME_LOCAL) $(PY) -m renku_metrics.defs.demo_run
 
+# `make dev PORT=3001 HOST=0.0.0.0`: several people can share a machine.
+PORT ?= 3000
+HOST ?= 127.0.0.1
 dev: install $(DAGSTER_HOME_LOCAL)/dagster.yaml
-	DAGSTER_HOME=$(DAGSTER_HOME_LOCAL) $(VENV)/bin/dagster dev -w workspace.yaml
+	DAGSTER_HOME=$(DAGSTER_HOME_LOCAL) $(VENV)/bin/dagster dev -w workspace.yaml -h $(HOST) -p $(PORT)
 
 # Starts the machine's PostgreSQL cluster (Debian layout) and creates the test role
 # and database. Tests that need PostgreSQL fail, never skip, when it is missing.

@@ -10,7 +10,7 @@ from dagster import AssetKey, AssetRecordsFilter, AssetSelection, DagsterInstanc
 
 from renku_metrics.core.readers import read_active_users, read_metrics
 from renku_metrics.definitions import build_defs
-from renku_metrics.defs.metadata import PER_PERIOD_BACKFILL
+from renku_metrics.defs.metadata import PER_PERIOD_BACKFILL, table_rows
 
 from .helpers import ev, write_config
 from .test_assets import QUIET, demo_config, run_range
@@ -51,18 +51,25 @@ def test_per_period_runs_give_every_partition_its_own_numbers(tmp_path):
         core = latest_metadata(instance, "core_actions_weekly", week)
         rows = metrics[metrics["period_start"] == day]
         assert core["period"].value == week
-        assert f"| {week} | demo |" in core["table"].value
-        assert not any(w in core["table"].value for w in WEEKS if w != week)
+        table = table_rows(core["table"])
+        assert {r["period"] for r in table} == {week}
+        assert {r["deployment"] for r in table} == {"demo", "demo_small", "all"}
+        cells = {r["deployment"]: r for r in table}
         for r in rows.itertuples():
             assert core[f"{r.deployment}/{r.metric}/users"].value == r.users
             assert core[f"{r.deployment}/{r.metric}/pct"].value == pytest.approx(r.pct)
             assert core[f"{r.deployment}/active_users"].value == r.active_users
+            assert cells[r.deployment][f"{r.metric} users (pct)"] == f"{r.users} ({r.pct:.1f}%)"
+            assert cells[r.deployment]["active users"] == r.active_users
         denominator = latest_metadata(instance, "active_users_weekly", week)
         for r in active[active["period_start"] == day].itertuples():
             assert denominator[f"{r.deployment}/active_users"].value == r.active_users
         for key in ("lifecycle_weekly", "retention_weekly"):
             own = latest_metadata(instance, key, week)
-            assert own["period"].value == week and f"| {week} | demo |" in own["table"].value
+            assert own["period"].value == week
+            rows = [{"period": r.get("period", r.get("cohort week")), **r} for r in table_rows(own["table"])]
+            assert {(r["period"], r["deployment"]) for r in rows} >= {(week, "demo")}
+            assert {r["period"] for r in rows} == {week}
     # The weeks differ, so equal metadata across partitions would be caught above.
     per_week = metrics.sort_values(["deployment", "metric"]).groupby("period_start")["users"].apply(tuple)
     assert per_week.nunique() == 3
@@ -80,7 +87,7 @@ def test_refreshed_retention_cohorts_carry_their_own_numbers(tmp_path):
     # The run for 03-17 refreshed cohort 03-03 (its W+1 and W+2 have ended since).
     refreshed = latest_metadata(instance, "retention_weekly", "2025-03-03")
     assert refreshed["period"].value == "2025-03-03"
-    assert "| 2025-03-03 | demo |" in refreshed["table"].value and "2025-03-17" not in refreshed["table"].value
+    assert {r["cohort week"] for r in table_rows(refreshed["table"])} == {"2025-03-03"}
     assert "demo/cohort_users" in refreshed
     assert "demo/retention_w1" in refreshed
 

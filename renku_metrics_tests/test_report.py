@@ -14,6 +14,7 @@ from renku_metrics.core.charts import latest_complete, metric_chart, png_bytes
 from renku_metrics.core.readers import read_metrics
 from renku_metrics.core.storage import open_storage
 from renku_metrics.definitions import build_defs
+from renku_metrics.defs.metadata import table_rows
 
 from .test_assets import QUIET, demo_config, run_range
 
@@ -43,19 +44,24 @@ def test_report_shows_latest_complete_week_and_charts(tmp_path):
     weekly = read_metrics("week", storage=root)
     assert not weekly[weekly["period_start"] == dt.date(2025, 3, 24)]["complete"].any()
     assert meta["latest_complete_week"].value == "2025-03-17"
-    assert "## Latest complete week: 2025-03-17" in meta["report"].value
-    assert "| 2025-03-17 | demo |" in meta["report"].value
+    rows = table_rows(meta["latest_complete_week_table"])
+    assert {(r["period"], r["deployment"]) for r in rows} == {("2025-03-17", d) for d in ("demo", "demo_small", "all")}
     assert meta["latest_complete_month"].value is None  # March 2025 lacks its last days
     week = weekly[weekly["period_start"] == dt.date(2025, 3, 17)]
     for r in week.itertuples():
         assert meta[f"week/{r.deployment}/{r.metric}/users"].value == r.users
         assert meta[f"week/{r.deployment}/{r.metric}/pct"].value == pytest.approx(r.pct)
         assert meta[f"week/{r.deployment}/active_users"].value == r.active_users
+    by_deployment = {r["deployment"]: r for r in rows}
+    for r in week.itertuples():
+        assert by_deployment[r.deployment]["active users"] == r.active_users
+        assert by_deployment[r.deployment][f"{r.metric} users (pct)"] == f"{r.users} ({r.pct:.1f}%)"
     for name in ("weekly_share", "weekly_users", "monthly_share", "monthly_users"):
         png = _png_of(meta[f"chart_{name}"].value)
         assert png.startswith(PNG) and len(png) > 10_000
         assert open_storage(root).read_bytes(f"reports/metrics_report/{name}.png") == png
     report_md = open_storage(root).read_bytes("reports/metrics_report/report.md").decode()
+    assert "## Latest complete week: 2025-03-17" in report_md and "| 2025-03-17 | demo |" in report_md
     assert "![" in report_md and "(weekly_share.png)" in report_md and "base64" not in report_md
 
 

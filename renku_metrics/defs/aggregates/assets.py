@@ -49,7 +49,7 @@ from renku_metrics.defs.aggregates.checks import (
     target_checks,
 )
 from renku_metrics.defs.keys import OWNERS, active_users_name, core_actions_name, raw_events_deps
-from renku_metrics.defs.metadata import PER_PERIOD_BACKFILL, partition_metadata
+from renku_metrics.defs.metadata import PER_PERIOD_BACKFILL, markdown_table, partition_metadata
 from renku_metrics.defs.partitions import period_partitions, period_starts
 from renku_metrics.defs.resources import MetricsStorageResource
 
@@ -93,7 +93,7 @@ def _active_metadata(storage: Storage, table: str, frame: pd.DataFrame) -> dict:
         "period": str(frame["period_start"].iloc[0]),
         "dagster/row_count": len(frame),
         "dagster/uri": MetadataValue.path(storage.uri(metrics_key(table, frame["period_start"].iloc[0]))),
-        "table": MetadataValue.md(_markdown_active(frame)),
+        "table": markdown_table(_markdown_active(frame)),
         "complete": bool(frame["complete"].all()),
     }
     for r in frame.itertuples():
@@ -107,7 +107,7 @@ def _core_metadata(storage: Storage, table: str, frame: pd.DataFrame) -> dict:
         "period": str(frame["period_start"].iloc[0]),
         "dagster/row_count": len(frame),
         "dagster/uri": MetadataValue.path(storage.uri(metrics_key(table, frame["period_start"].iloc[0]))),
-        "table": MetadataValue.md(markdown_core(frame)),
+        "table": markdown_table(markdown_core(frame)),
         "complete": bool(frame["complete"].all()),
     }
     for r in frame.drop_duplicates("deployment").itertuples():
@@ -127,7 +127,7 @@ def _run_summary(frames: list[pd.DataFrame], markdown) -> dict:
         "run_first_period": str(frames[0]["period_start"].iloc[0]),
         "run_last_period": str(frames[-1]["period_start"].iloc[0]),
         "run_rows": sum(len(f) for f in frames),
-        "run_table": MetadataValue.md(markdown(pd.concat(frames, ignore_index=True))),
+        "run_table": markdown_table(markdown(pd.concat(frames, ignore_index=True))),
     }
 
 
@@ -171,7 +171,7 @@ def build_metric_assets(config: MetricsConfig, catalog: Catalog, period: str) ->
                 owners=OWNERS,
                 kinds={"duckdb", "parquet"},
                 description=(
-                    f"The denominator: distinct active users per deployment and {unit}, plus the `all` rollup. "
+                    f"The denominator: distinct active users per deployment and {unit}, plus the all rollup. "
                     "Active = at least one event of any kind (login, commit, dataset creation, workflow run, "
                     "session start), after each deployment's excluded_users. Columns: deployment, period, "
                     "period_start, period_end, active_users, excluded_users, days_expected, days_extracted, "
@@ -187,7 +187,7 @@ def build_metric_assets(config: MetricsConfig, catalog: Catalog, period: str) ->
                 owners=OWNERS,
                 kinds={"duckdb", "parquet"},
                 description=(
-                    f"Core-action metrics per deployment, catalog metric and {unit}, plus the `all` rollup: "
+                    f"Core-action metrics per deployment, catalog metric and {unit}, plus the all rollup: "
                     "distinct users who did the action at least once (`users`), the period's active users and "
                     "`pct` = 100 * users / active users (null when nobody was active). `complete` is false "
                     "until the period has ended and all its days were extracted in full; never present "

@@ -48,7 +48,7 @@ from renku_metrics.defs.engagement.checks import (
     check_stickiness,
 )
 from renku_metrics.defs.keys import OWNERS, raw_events_deps
-from renku_metrics.defs.metadata import PER_PERIOD_BACKFILL, partition_metadata
+from renku_metrics.defs.metadata import PER_PERIOD_BACKFILL, markdown_table, partition_metadata
 from renku_metrics.defs.partitions import period_partitions, period_starts
 from renku_metrics.defs.resources import MetricsStorageResource
 
@@ -207,7 +207,7 @@ def _build(
                 "period": start.isoformat(),
                 "dagster/row_count": len(rows),
                 "dagster/uri": MetadataValue.path(storage.uri(metrics_key(name, start))),
-                "table": MetadataValue.md(markdown(rows)),
+                "table": markdown_table(markdown(rows)),
                 "complete": bool(rows["complete"].all()),
                 **headline(rows, rows),
             }
@@ -227,7 +227,7 @@ def _build(
             "run_first_period": requested[0].isoformat(),
             "run_last_period": requested[-1].isoformat(),
             "run_rows": int((frame["period_start"] >= requested[0]).sum()),
-            "run_table": MetadataValue.md(markdown(frame[frame["period_start"] >= requested[0]])),
+            "run_table": markdown_table(markdown(frame[frame["period_start"] >= requested[0]])),
         }
         if extra:
             summary["refreshed_cohorts"] = f"{extra[0]}..{extra[-1]}"
@@ -265,7 +265,7 @@ def build_engagement_assets(config: MetricsConfig) -> dict[str, list[AssetsDefin
             name,
             period,
             description=(
-                f"Lifecycle of active users per deployment and {_UNITS[period]}, plus the `all` rollup. "
+                f"Lifecycle of active users per deployment and {_UNITS[period]}, plus the all rollup. "
                 "new = first event ever in the extracted history falls in the period; returning = also active in "
                 "the previous period; resurrected = not active in the previous period but at some earlier time; "
                 "dormant = active in the previous period, not in this one (a positive count). "
@@ -289,7 +289,7 @@ def build_engagement_assets(config: MetricsConfig) -> dict[str, list[AssetsDefin
         STICKINESS,
         "month",
         description=(
-            f"Stickiness per deployment and {_UNITS['month']}, plus the `all` rollup. "
+            f"Stickiness per deployment and {_UNITS['month']}, plus the all rollup. "
             "wau_mau = mean of the weekly active users of the ISO weeks lying entirely inside the month (3 or 4 "
             "weeks; weeks straddling a month boundary are left out so that each week's users are a subset of the "
             "month's and the value is final when the month ends) / the month's active users. "

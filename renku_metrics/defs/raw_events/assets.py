@@ -30,7 +30,7 @@ from renku_metrics.core.extract import DayExtract, RecentEventIds, build_sources
 from renku_metrics.core.layout import rejected_prefix
 from renku_metrics.core.storage import Storage
 from renku_metrics.defs.keys import OWNERS, raw_events_asset_key
-from renku_metrics.defs.metadata import partition_metadata
+from renku_metrics.defs.metadata import markdown_table, partition_metadata
 from renku_metrics.defs.partitions import daily_partitions
 from renku_metrics.defs.raw_events.checks import BLOCKING_CHECKS, RAW_EVENT_CHECKS
 from renku_metrics.defs.resources import MetricsStorageResource
@@ -41,7 +41,7 @@ GROUP = "raw_events"
 def _description(deployment: Deployment) -> str:
     sources = ", ".join(deployment.sources)
     return (
-        f"Canonical events of deployment **{deployment.name}**, one Parquet object per UTC day "
+        f"Canonical events of deployment {deployment.name}, one Parquet object per UTC day "
         f"(`raw_events/deployment={deployment.name}/date=YYYY-MM-DD/events.parquet`), extracted from: {sources}. "
         "Columns: event_id, deployment, occurred_at, user_id (md5 of the Keycloak id), action "
         f"({', '.join(ACTIONS)}), project_id, project_visibility, source. Records failing validation are "
@@ -92,7 +92,7 @@ def _run_summary(storage: Storage, deployment: Deployment, extracts: list[DayExt
         "run_events": sum(e.row_count for e in extracts),
         "run_rejected_records": sum(e.rejected_count for e in extracts),
         "run_incomplete_days": sum(1 for e in extracts if not e.complete),
-        "summary": MetadataValue.md("\n".join(table)),
+        "summary": markdown_table("\n".join(table)),
     }
     gaps = [f"{e.day}: {note}" for e in extracts for note in e.incomplete]
     if gaps:

@@ -38,6 +38,7 @@ from renku_metrics.core.layout import report_key
 from renku_metrics.core.readers import read_metrics
 from renku_metrics.defs.aggregates.assets import markdown_core
 from renku_metrics.defs.keys import OWNERS, core_actions_name
+from renku_metrics.defs.metadata import markdown_table
 from renku_metrics.defs.resources import MetricsStorageResource
 
 NAME = "metrics_report"
@@ -70,7 +71,7 @@ def _headline(frame: pd.DataFrame, prefix: str) -> dict:
 
 
 def build_report(weekly: pd.DataFrame, monthly: pd.DataFrame) -> tuple[str, dict[str, bytes], dict]:
-    """(markdown of the tables, PNG per chart name, numeric headline metadata)."""
+    """(markdown of the tables, PNG per chart name, metadata: the tables and the headline numbers)."""
     parts, meta = ["# Renku metrics report", ""], {}
     for label, frame in (("week", weekly), ("month", monthly)):
         start = latest_complete(frame)
@@ -81,6 +82,7 @@ def build_report(weekly: pd.DataFrame, monthly: pd.DataFrame) -> tuple[str, dict
         rows = frame[frame["period_start"] == start]
         parts += [f"## Latest complete {label}: {start}", "", markdown_core(rows), ""]
         meta[f"latest_complete_{label}"] = str(start)
+        meta[f"latest_complete_{label}_table"] = markdown_table(markdown_core(rows))
         if label == "week":
             meta.update(_headline(rows, "week"))
     charts = {name: png_bytes(fig) for name, fig in report_charts(weekly, monthly, WEEKS_CHARTED).items()}
@@ -124,13 +126,14 @@ def build_report_asset() -> AssetsDefinition:
             storage.write_bytes(report_key(NAME, f"{name}.png"), png)
         linked = text + "\n" + "\n".join(f"![{_CAPTIONS.get(n, n)}]({n}.png)\n" for n in charts)
         storage.write_bytes(report_key(NAME, "report.md"), linked.encode())
+        first = {k: v for k, v in meta.items() if k.startswith("latest_complete_")}
         metadata = {
-            "report": MetadataValue.md(text),
+            **first,
             **{f"chart_{name}": MetadataValue.md(_embedded(name, png)) for name, png in charts.items()},
             "report_uri": MetadataValue.path(storage.uri(report_key(NAME, "report.md"))),
             "weeks": int(weekly["period_start"].nunique()) if not weekly.empty else 0,
             "months": int(monthly["period_start"].nunique()) if not monthly.empty else 0,
-            **meta,
+            **{k: v for k, v in meta.items() if k not in first},
         }
         context.log.info("report written to %s", storage.uri(report_key(NAME, "")))
         return MaterializeResult(metadata=metadata)
