@@ -41,7 +41,7 @@ def snapshot(defs) -> dict:
 
 
 RAW_EVENTS_CHECKS = [
-    "freshness_check",
+    "freshness",
     "no_personal_data",
     "source_coverage",
     "timestamps_within_day",
@@ -55,11 +55,12 @@ def expected_snapshot(deployments: list[str]) -> dict:
     """The snapshot for a deployments file naming ``deployments`` (and the shipped catalog)."""
     return {
         "assets": {
-            "active_users_monthly": sorted(["active_users_consistent", *PERIOD_COVERAGE_CHECKS]),
-            "active_users_weekly": sorted(["active_users_consistent", "freshness_check", *PERIOD_COVERAGE_CHECKS]),
+            "active_users_monthly": sorted(["active_users_consistent", "freshness", *PERIOD_COVERAGE_CHECKS]),
+            "active_users_weekly": sorted(["active_users_consistent", "freshness", *PERIOD_COVERAGE_CHECKS]),
             "core_actions_monthly": sorted(
                 [
                     *PERIOD_COVERAGE_CHECKS,
+                    "freshness",
                     "pct_within_0_100",
                     "target_commit_all_pct_ge_30",
                     "users_within_active_users",
@@ -68,18 +69,18 @@ def expected_snapshot(deployments: list[str]) -> dict:
             "core_actions_weekly": sorted(
                 [
                     *PERIOD_COVERAGE_CHECKS,
-                    "freshness_check",
+                    "freshness",
                     "pct_within_0_100",
                     "target_commit_all_users_ge_100",
                     "users_within_active_users",
                 ]
             ),
-            "lifecycle_monthly": ["deployments_present", "one_row_per_key", "states_add_up"],
-            "lifecycle_weekly": ["deployments_present", "freshness_check", "one_row_per_key", "states_add_up"],
+            "lifecycle_monthly": ["deployments_present", "freshness", "one_row_per_key", "states_add_up"],
+            "lifecycle_weekly": ["deployments_present", "freshness", "one_row_per_key", "states_add_up"],
             "metrics_report": [],
             **{f"raw_events/{name}": RAW_EVENTS_CHECKS for name in deployments},
-            "retention_weekly": ["deployments_present", "freshness_check", "one_row_per_key", "retained_within_cohort"],
-            "stickiness_monthly": ["deployments_present", "one_row_per_key", "ratios_within_0_1"],
+            "retention_weekly": ["deployments_present", "freshness", "one_row_per_key", "retained_within_cohort"],
+            "stickiness_monthly": ["deployments_present", "freshness", "one_row_per_key", "ratios_within_0_1"],
         },
         "jobs": sorted(
             [
