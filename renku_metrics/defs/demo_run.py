@@ -119,7 +119,11 @@ def main(argv: list[str] | None = None) -> int:
     run_periods(defs, "weekly_metrics", *steps["weeks"], instance)
     if steps["months"]:
         run_periods(defs, "monthly_metrics", *steps["months"], instance)
-    defs.resolve_job_def("metrics_report_job").execute_in_process(instance=instance, raise_on_error=True)
+    defs.resolve_job_def("metrics_report_job").execute_in_process(
+        instance=instance,
+        raise_on_error=True,
+        run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
+    )
     print("  metrics_report: charts in the asset's metadata and under reports/metrics_report/")
 
     weekly = read_metrics("week", storage=storage)

@@ -1,10 +1,12 @@
 """Per-deployment raw event extracts: one daily-partitioned asset per deployment.
 
-Key ``["raw_events", <deployment>]`` (shown as ``raw_events/<deployment>``). Each UTC day is its own Parquet object;
-rerunning a day replaces it. A single-run backfill policy makes a year's backfill
-one run that loops over the days (Dagster cannot attach per-partition metadata in
-such a run: its metadata summarises the range, and each day's exact figures are
-in its manifest).
+Key ``["raw_events", <deployment>]`` (shown as ``raw_events/<deployment>``). Each
+UTC day is its own Parquet object; rerunning a day replaces it. A single-run
+backfill policy makes a year's backfill one run that loops over the days (Dagster
+cannot attach per-partition metadata in such a run: its metadata summarises the
+range, with ``summary``, a table of every day's counts shown inline in the UI; each
+day's own figures are also an observation of that day's partition, and are in its
+manifest).
 """
 
 import datetime as dt
