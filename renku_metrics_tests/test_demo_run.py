@@ -1,0 +1,54 @@
+"""`make demo` (renku_metrics.defs.demo_run) leaves every weekly and monthly partition
+with its own numbers, and the report with its charts."""
+
+from __future__ import annotations
+
+from dagster import AssetKey, AssetRecordsFilter, DagsterInstance
+
+from renku_metrics.core.readers import read_metrics
+from renku_metrics.defs import demo_run
+from renku_metrics.defs.metadata import table_rows
+
+
+def test_demo_materializes_each_period_with_its_own_numbers(tmp_path, monkeypatch, capsys):
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    config = tmp_path / "deployments.yaml"
+    config.write_text(
+        "deployments:\n"
+        "  - {name: demo, start_date: 2025-02-01, sources: {demo: {seed: 5, users: 300}}}\n"
+        "  - {name: demo_small, start_date: 2025-02-01, sources: {demo: {seed: 6, users: 80, bot: false}}}\n"
+    )
+    root = tmp_path / "data"
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
+    monkeypatch.setenv("RENKU_METRICS_STORAGE", str(root))
+    monkeypatch.setenv("RENKU_METRICS_DEPLOYMENTS", str(config))
+
+    # The last 3 complete weeks before 2025-04-09 and the complete month before it.
+    assert demo_run.main(["--weeks", "3", "--today", "2025-04-09"]) == 0
+    out = capsys.readouterr().out
+    assert "weekly_metrics 2025-03-17..2025-03-31: 3 runs, one per period" in out
+    assert "monthly_metrics 2025-03-01..2025-03-01: 1 runs, one per period" in out
+
+    with DagsterInstance.get() as instance:
+        for period, key, expected in (
+            ("week", "core_actions_weekly", ["2025-03-17", "2025-03-24", "2025-03-31"]),
+            ("month", "core_actions_monthly", ["2025-03-01"]),
+        ):
+            metrics = read_metrics(period, storage=str(root))
+            assert sorted(str(s) for s in metrics["period_start"].unique()) == expected
+            for start, rows in metrics.groupby("period_start"):
+                records = instance.fetch_materializations(
+                    AssetRecordsFilter(asset_key=AssetKey(key), asset_partitions=[str(start)]), limit=1
+                ).records
+                meta = records[0].asset_materialization.metadata
+                assert meta["period"].value == str(start)
+                assert {r["period"] for r in table_rows(meta["table"])} == {str(start)}
+                for r in rows.itertuples():
+                    assert meta[f"{r.deployment}/{r.metric}/users"].value == r.users, (key, start, r.metric)
+                    assert meta[f"{r.deployment}/active_users"].value == r.active_users
+        report = instance.fetch_materializations(AssetKey("metrics_report"), limit=1).records
+        meta = report[0].asset_materialization.metadata
+        assert meta["latest_complete_week"].value == "2025-03-31"
+        assert all("data:image/png;base64," in meta[f"chart_{n}"].value for n in ("weekly_share", "monthly_share"))
