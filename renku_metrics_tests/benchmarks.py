@@ -166,13 +166,26 @@ def _line(label: str, fig: dict) -> str:
     )
 
 
-def _drop_user_weeks(root: Path, weeks: list[dt.date]) -> None:
-    """Forget the derived user weeks of ``weeks``: the next run rebuilds them from raw, as a weekly run does."""
-    from renku_metrics.core.layout import user_weeks_key
+def _forget_week(root: Path, week: dt.date) -> None:
+    """Make ``week`` new to the derived state, as if just extracted: the next run reads its manifests and raw
+    files, rebuilds its user weeks and folds it into first seen, exactly what a weekly run does."""
+    import pyarrow.parquet as pq
 
-    for dep in range(DEPLOYMENTS):
-        for week in weeks:
-            (root / user_weeks_key(f"bench{dep}", week)).unlink(missing_ok=True)
+    from renku_metrics.core import activity
+    from renku_metrics.core.layout import day_index_key, first_seen_key, user_weeks_key
+
+    days = {(week + dt.timedelta(days=i)).isoformat() for i in range(7)}
+    for dep in (f"bench{i}" for i in range(DEPLOYMENTS)):
+        (root / user_weeks_key(dep, week)).unlink(missing_ok=True)
+        index_path = root / day_index_key(dep)
+        index = json.loads(index_path.read_text())
+        index["days"] = {d: v for d, v in index["days"].items() if d not in days}
+        index_path.write_text(json.dumps(index))
+        seen_path = root / first_seen_key(dep)
+        table = pq.read_table(seen_path)
+        meta = json.loads(table.schema.metadata[activity._META])
+        meta["days"] = {d: v for d, v in meta["days"].items() if d not in days}
+        pq.write_table(activity._with_meta(table, meta), seen_path, compression="zstd")
 
 
 def _hold_out(root: Path, holdout: Path, week: dt.date, back: bool = False) -> None:
@@ -213,13 +226,13 @@ def scale_figures(root: Path, days: int) -> None:
         ("recompute_weeks", "full-history recompute, every week (aggregate_periods)"),
         ("bare_duckdb", "bare DuckDB query: distinct users per deployment, week, action"),
     ):
-        # Each engagement figure is a weekly run: the week it looks at is new to the state.
+        # Each engagement figure is a weekly run: the newest week it looks at is new to the state.
         if name == "lifecycle_week_1y":
-            _drop_user_weeks(root, [d["year1_week"]])
+            _forget_week(root, d["year1_week"])
         elif name == "retention_week":
-            _drop_user_weeks(root, [d["week"]])
+            _forget_week(root, d["week"])
         elif name == "retention_week_1y":
-            _drop_user_weeks(root, [d["year1_cohort"] + dt.timedelta(weeks=8)])
+            _forget_week(root, d["year1_cohort"] + dt.timedelta(weeks=8))
         figs[name] = measure(name, root, days)
         print(_line(label, figs[name]), flush=True)
     ratio = lambda a, b: figs[a]["seconds"] / figs[b]["seconds"]  # noqa: E731

@@ -32,11 +32,12 @@ Python, no Dagster.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import json
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 import duckdb
@@ -155,11 +156,25 @@ class DeploymentActivity:
     storage: Storage
     deployment: Deployment
     index: dict[dt.date, DayRecord]
+    con: duckdb.DuckDBPyConnection | None = None  # the caller's connection (set to UTC), else one per use
     _weeks: dict[dt.date, pa.Table] = field(default_factory=dict)
 
     @classmethod
-    def load(cls, storage: Storage, deployment: Deployment) -> DeploymentActivity:
-        return cls(storage, deployment, load_day_index(storage, deployment))
+    def load(
+        cls, storage: Storage, deployment: Deployment, con: duckdb.DuckDBPyConnection | None = None
+    ) -> DeploymentActivity:
+        return cls(storage, deployment, load_day_index(storage, deployment), con)
+
+    @contextlib.contextmanager
+    def _connection(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        if self.con is not None:
+            yield self.con
+            return
+        con = _duckdb()
+        try:
+            yield con
+        finally:
+            con.close()
 
     @property
     def name(self) -> str:
@@ -220,24 +235,20 @@ class DeploymentActivity:
             for d, r in sorted(self._history_days().items())
             if r[1] and week_start(d) in wanted
         ]
-        con = _duckdb()
-        try:
-            with self.storage.local_paths(keys) as paths:
-                built = con.sql(
-                    """
-                    WITH e AS (
-                        SELECT user_id, CAST(occurred_at AS DATE) AS day FROM read_parquet($paths)
-                    )
-                    SELECT CAST(date_trunc('week', day) AS DATE) AS week, user_id,
-                           CAST(bit_or(CAST(1 AS UTINYINT) << CAST(isodow(day) - 1 AS INTEGER))
-                                AS UTINYINT) AS days,
-                           min(day) AS first_day
-                    FROM e GROUP BY ALL ORDER BY week, user_id
-                    """,
-                    params={"paths": paths},
-                ).to_arrow_table()
-        finally:
-            con.close()
+        with self._connection() as con, self.storage.local_paths(keys) as paths:
+            built = con.sql(
+                """
+                WITH e AS (
+                    SELECT user_id, CAST(occurred_at AS DATE) AS day FROM read_parquet($paths)
+                )
+                SELECT CAST(date_trunc('week', day) AS DATE) AS week, user_id,
+                       CAST(bit_or(CAST(1 AS UTINYINT) << CAST(isodow(day) - 1 AS INTEGER))
+                            AS UTINYINT) AS days,
+                       min(day) AS first_day
+                FROM e GROUP BY ALL ORDER BY week, user_id
+                """,
+                params={"paths": paths},
+            ).to_arrow_table()
         week_col = built.column("week").to_pylist()
         bounds: dict[dt.date, list[int]] = {}
         for i, w in enumerate(week_col):
@@ -266,16 +277,15 @@ class DeploymentActivity:
             base = FIRST_SEEN_SCHEMA.empty_table()
             weeks = self.history_weeks()
         folded = self.user_weeks(weeks).select(["user_id", "first_day"]).cast(FIRST_SEEN_SCHEMA)
-        con = _duckdb()
-        try:
-            con.register("base", base)
-            con.register("folded", folded)
+        with self._connection() as con:
+            con.register("fs_base", base)
+            con.register("fs_folded", folded)
             table = con.sql(
                 "SELECT user_id, min(first_day) AS first_day "
-                "FROM (SELECT * FROM base UNION ALL SELECT * FROM folded) GROUP BY user_id ORDER BY user_id"
+                "FROM (SELECT * FROM fs_base UNION ALL SELECT * FROM fs_folded) GROUP BY user_id ORDER BY user_id"
             ).to_arrow_table()
-        finally:
-            con.close()
+            con.unregister("fs_base")
+            con.unregister("fs_folded")
         table = table.cast(FIRST_SEEN_SCHEMA)
         self.storage.write_parquet(
             first_seen_key(self.name), _with_meta(table, {"format": STATE_FORMAT, "days": current})

@@ -95,8 +95,10 @@ def _today(now: dt.datetime) -> dt.date:
 # --------------------------------------------------------------------------- derived state
 
 
-def _states(storage: Storage, deployments: Sequence[Deployment]) -> dict[str, DeploymentActivity]:
-    return {d.name: DeploymentActivity.load(storage, d) for d in deployments}
+def _states(
+    storage: Storage, deployments: Sequence[Deployment], con: duckdb.DuckDBPyConnection
+) -> dict[str, DeploymentActivity]:
+    return {d.name: DeploymentActivity.load(storage, d, con) for d in deployments}
 
 
 def _day_index(states: dict[str, DeploymentActivity], until: dt.date) -> dict[str, DeploymentDays]:
@@ -127,7 +129,7 @@ def _spans(
 
 # GitLab-only ids are per GitLab instance: kept apart across deployments (as in aggregate.py).
 _LOAD_FIRST_SEEN = """
-CREATE TEMP TABLE fs AS
+CREATE TEMP VIEW fs AS
 WITH kept AS (
     SELECT f.deployment, f.user_id, f.first_day FROM fs_raw f
     WHERE NOT EXISTS (SELECT 1 FROM excluded x WHERE x.deployment = f.deployment AND x.user_id = f.user_id)
@@ -138,7 +140,7 @@ SELECT $all_name AS deployment, {rollup_user} AS user_id, min(first_day) AS firs
 """.replace("{rollup_user}", ROLLUP_USER_SQL)
 
 _LOAD_USER_WEEKS = """
-CREATE TEMP TABLE uw AS
+CREATE TEMP VIEW uw AS
 SELECT u.deployment, u.week, u.user_id, u.days FROM uw_raw u
 WHERE NOT EXISTS (SELECT 1 FROM excluded x WHERE x.deployment = u.deployment AND x.user_id = u.user_id)
   AND {keep}
@@ -146,7 +148,7 @@ WHERE NOT EXISTS (SELECT 1 FROM excluded x WHERE x.deployment = u.deployment AND
 
 # The users (and ``all`` rollup users) active on the masked days of each span, with those days.
 _SPAN_ACTIVITY = """
-CREATE TEMP TABLE act AS
+CREATE TEMP VIEW act AS
 WITH m AS (
     SELECT s.target, s.role, u.deployment, u.week, u.user_id, u.days & s.mask AS bits
     FROM uw u JOIN spans s ON s.deployment = u.deployment AND s.week = u.week
@@ -171,6 +173,7 @@ def _load(
     spans: list[tuple],
     first_seen: bool,
     keep: str = "true",
+    materialize: bool = False,
 ) -> None:
     """Tables ``fs`` (first seen, with ``all``) and ``act`` (activity of the spans), excluded users left out."""
     excluded = [(name, key) for name, st in states.items() for key in st.deployment.excluded_user_keys()]
@@ -186,7 +189,7 @@ def _load(
             else pa.table({"user_id": [], "first_day": [], "deployment": []}, schema=_FS_SCHEMA)
         )
         con.register("fs_raw", fs_raw)
-        con.execute(_LOAD_FIRST_SEEN, {"all_name": ALL_DEPLOYMENTS})
+        con.execute(_LOAD_FIRST_SEEN.replace("$all_name", f"'{ALL_DEPLOYMENTS}'"))
     weeks: dict[str, set[dt.date]] = {}
     for _, _, name, week, _ in spans:
         weeks.setdefault(name, set()).add(week)
@@ -203,7 +206,9 @@ def _load(
             {"deployment": "object", "mask": "int64"}
         ),
     )
-    con.execute(_SPAN_ACTIVITY, {"all_name": ALL_DEPLOYMENTS})
+    sql = _SPAN_ACTIVITY.replace("$all_name", f"'{ALL_DEPLOYMENTS}'")
+    # A view is computed inside the one query that reads it; several queries share a table.
+    con.execute(sql.replace("CREATE TEMP VIEW", "CREATE TEMP TABLE") if materialize else sql)
 
 
 _FS_SCHEMA = pa.schema([("user_id", pa.string()), ("first_day", pa.date32()), ("deployment", pa.string())])
@@ -304,14 +309,14 @@ def lifecycle(
     prevs = {s: previous_period_start(period, s) for s in starts}
     last_end = max(e for _, e in bounds.values())
     measured_all = _measured(deployments, last_end)
-    states = _states(storage, measured_all)
+    con = _connect()  # closed below; the derived state uses it too
+    states = _states(storage, measured_all, con)
     index = _day_index(states, min(last_end, today))
     spans = []
     for s in starts:
         spans += _spans(states, s, "cur", s, min(bounds[s][1], today))
         spans += _spans(states, s, "prev", prevs[s], min(s, today))
 
-    con = _connect()
     try:
         _load(con, states, spans, first_seen=True)
         con.register("targets", pd.DataFrame({"period_start": starts, "period_end": [bounds[s][1] for s in starts]}))
@@ -409,14 +414,14 @@ def stickiness(
     bounds = {s: period_bounds("month", s) for s in starts}
     last_end = max(e for _, e in bounds.values())
     measured_all = _measured(deployments, last_end)
-    states = _states(storage, measured_all)
+    con = _connect()  # closed below; the derived state uses it too
+    states = _states(storage, measured_all, con)
     index = _day_index(states, min(last_end, today))
     spans = [row for s in starts for row in _spans(states, s, "month", s, min(bounds[s][1], today))]
 
-    con = _connect()
     try:
         # Only the user weeks overlapping the requested months (days from today on masked out) are read.
-        _load(con, states, spans, first_seen=False)
+        _load(con, states, spans, first_seen=False, materialize=True)
         counts = {}
         for grain, sql in _STICKINESS_SQL.items():
             got = con.execute(sql).df()
@@ -530,7 +535,8 @@ def retention(
     span = dt.timedelta(weeks=weeks + 1)
     last_end = max(starts) + span
     measured_all = _measured(deployments, max(starts) + dt.timedelta(days=7))
-    states = _states(storage, measured_all)
+    con = _connect()  # closed below; the derived state uses it too
+    states = _states(storage, measured_all, con)
     index = _day_index(states, min(last_end, today))
     # The later weeks W+1 .. W+weeks of every cohort, each user week read once.
     later = sorted({s + dt.timedelta(weeks=k) for s in starts for k in range(1, weeks + 1)})
@@ -538,7 +544,6 @@ def retention(
         row for w in later if w < today for row in _spans(states, w, "later", w, min(w + dt.timedelta(days=7), today))
     ]
 
-    con = _connect()
     try:
         cohort_end = [min(s + dt.timedelta(days=7), today) for s in starts]
         con.register("targets", pd.DataFrame({"period_start": starts, "cohort_end": cohort_end}))

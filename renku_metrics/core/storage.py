@@ -167,20 +167,25 @@ class LocalStorage(Storage):
         return sorted(self._walk(prefix))
 
     def _walk(self, prefix: str) -> dict[str, str]:
-        """{key: local path} of the files under ``prefix`` (os.walk on strings: fast over many days)."""
+        """{key: local path} of the files under ``prefix`` (scandir on strings: fast over many days)."""
         base = self._file(prefix)
         start = base if base.is_dir() else base.parent
         if not start.exists():
             return {}
         root = str(self.path)
         found = {}
-        for directory, _, files in os.walk(start):
-            relative = directory[len(root) + 1 :].replace(os.sep, "/") if directory != root else "."
-            for name in files:
-                if not name.startswith(".tmp-"):
-                    key = name if relative == "." else f"{relative}/{name}"
-                    if key.startswith(prefix):
-                        found[key] = os.path.join(directory, name)
+        pending = [str(start)]
+        while pending:
+            directory = pending.pop()
+            relative = directory[len(root) + 1 :].replace(os.sep, "/") if directory != root else ""
+            with os.scandir(directory) as entries:
+                for entry in entries:
+                    if entry.is_dir(follow_symlinks=False):
+                        pending.append(entry.path)
+                    elif not entry.name.startswith(".tmp-"):
+                        key = f"{relative}/{entry.name}" if relative else entry.name
+                        if key.startswith(prefix):
+                            found[key] = entry.path
         return found
 
     def list_versions(self, prefix: str) -> dict[str, str]:
