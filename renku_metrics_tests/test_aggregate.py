@@ -294,7 +294,9 @@ def test_aggregate_periods_equals_aggregate_period_per_period(tmp_path):
     now = dt.datetime(2025, 3, 12, 9, tzinfo=dt.timezone.utc)  # inside the data: later days are unread
     for period, first_start in (("week", dt.date(2025, 1, 6)), ("month", dt.date(2025, 1, 1))):
         starts = period_starts_between(period, first_start, dt.date(2025, 3, 24))
-        ranged = aggregate_periods(storage, deployments, CATALOG, period, starts, now, memory_limit="256MB")
+        ranged = aggregate_periods(
+            storage, deployments, CATALOG, period, starts, now, memory_limit="256MB", periods_per_scan=4
+        )
         assert sorted(ranged) == starts
         for start in starts:
             single = aggregate_period(storage, deployments, CATALOG, period, start, now)

@@ -114,6 +114,7 @@ def aggregate_periods(
     now: dt.datetime,
     memory_limit: str | None = None,
     temp_directory: str | None = None,
+    periods_per_scan: int = 13,
 ) -> dict[dt.date, PeriodAggregate]:
     """``aggregate_period`` of many periods, from one scan of their daily files.
 
@@ -123,7 +124,9 @@ def aggregate_periods(
     period's denominator (active users) is computed once, next to its metrics.
     DuckDB works within ``memory_limit`` (default $RENKU_METRICS_DUCKDB_MEMORY_LIMIT,
     else DEFAULT_DUCKDB_MEMORY_LIMIT) and spills to ``temp_directory`` (default: a
-    fresh temporary directory) beyond it. This is the full-history recompute
+    fresh temporary directory) beyond it. Periods are scanned ``periods_per_scan``
+    consecutive periods at a time (each file still once), so memory follows the
+    users of a quarter, not of all history. This is the full-history recompute
     (after an ``excluded_users`` change or a new catalog metric): see
     ``python -m renku_metrics.core.recompute``.
     """
@@ -134,7 +137,6 @@ def aggregate_periods(
     today = now.astimezone(dt.timezone.utc).date()
     measured = {s: [d for d in deployments if d.start_date < bounds[s][1]] for s in starts}
     coverage = _coverages(storage, deployments, bounds, measured, today)
-    keys = sorted({k for per in coverage.values() for c in per.values() for k in c.event_keys})
     metrics = catalog.computed()
     actions = list(dict.fromkeys([*ACTIONS, *(a for _, a in catalog.metric_actions())]))
     if len(actions) > 63:
@@ -142,6 +144,17 @@ def aggregate_periods(
     bit = {a: 1 << i for i, a in enumerate(actions)}
     metric_masks = [sum(bit[a] for a in m.actions) for m in metrics]
 
+    action_bit = (
+        "CASE e.action "
+        + " ".join(f"WHEN '{a}' THEN CAST({b} AS UBIGINT)" for a, b in bit.items())
+        + " ELSE CAST(0 AS UBIGINT) END"
+    )
+    metric_counts = "".join(
+        f", count(*) FILTER (WHERE mask & CAST({m} AS UBIGINT) != 0) AS m{i}" for i, m in enumerate(metric_masks)
+    )
+    excluded = [(d.name, key) for d in deployments for key in d.excluded_user_keys()]
+    counts: list[tuple] = []
+    excluded_counts: list[tuple] = []
     with contextlib.ExitStack() as stack:
         spill = temp_directory or stack.enter_context(tempfile.TemporaryDirectory(prefix="renku-metrics-duckdb-"))
         con = duckdb.connect(
@@ -155,36 +168,34 @@ def aggregate_periods(
         # date_trunc of a TIMESTAMPTZ follows the session time zone: periods are UTC.
         con.execute("SET TimeZone = 'UTC'")
         con.execute("SET enable_progress_bar = false")
-        paths = stack.enter_context(storage.local_paths(keys))
-        if paths:
-            con.read_parquet(paths).create_view("events")
-        else:
-            con.execute(
-                "CREATE TABLE events (deployment VARCHAR, user_id VARCHAR, action VARCHAR, occurred_at TIMESTAMPTZ)"
-            )
-        action_bit = (
-            "CASE e.action "
-            + " ".join(f"WHEN '{a}' THEN CAST({b} AS UBIGINT)" for a, b in bit.items())
-            + " ELSE CAST(0 AS UBIGINT) END"
-        )
-        con.execute(
-            _REDUCE_SQL.replace("{action_bit}", action_bit),
-            {
-                "unit": period,
-                "lo": dt.datetime.combine(starts[0], dt.time(), dt.timezone.utc),
-                "hi": dt.datetime.combine(max(e for _, e in bounds.values()), dt.time(), dt.timezone.utc),
-            },
-        )
-        con.register("targets", pd.DataFrame({"period_start": starts}))
-        excluded = [(d.name, key) for d in deployments for key in d.excluded_user_keys()]
         con.register("excluded", pd.DataFrame(excluded, columns=["deployment", "user_id"], dtype="object"))
-        metric_counts = "".join(
-            f", count(*) FILTER (WHERE mask & CAST({m} AS UBIGINT) != 0) AS m{i}" for i, m in enumerate(metric_masks)
-        )
-        counts = con.execute(
-            _COUNT_SQL.replace("{metric_counts}", metric_counts), {"all_name": ALL_DEPLOYMENTS}
-        ).fetchall()
-        excluded_counts = con.execute(_EXCLUDED_SQL).fetchall()
+        # Consecutive groups of periods, each with its own files: every file is still read once,
+        # and the reduced rows of one group (not of all history) are in memory at a time.
+        for chunk in (starts[i : i + periods_per_scan] for i in range(0, len(starts), periods_per_scan)):
+            keys = sorted({k for s in chunk for c in coverage[s].values() for k in c.event_keys})
+            with storage.local_paths(keys) as paths:
+                con.execute("DROP TABLE IF EXISTS reduced")
+                if paths:
+                    con.read_parquet(paths).create_view("events", replace=True)
+                else:
+                    con.execute(
+                        "CREATE OR REPLACE VIEW events AS SELECT CAST(NULL AS VARCHAR) AS deployment, "
+                        "CAST(NULL AS VARCHAR) AS user_id, CAST(NULL AS VARCHAR) AS action, "
+                        "CAST(NULL AS TIMESTAMPTZ) AS occurred_at WHERE false"
+                    )
+                con.execute(
+                    _REDUCE_SQL.replace("{action_bit}", action_bit),
+                    {
+                        "unit": period,
+                        "lo": dt.datetime.combine(chunk[0], dt.time(), dt.timezone.utc),
+                        "hi": dt.datetime.combine(max(bounds[s][1] for s in chunk), dt.time(), dt.timezone.utc),
+                    },
+                )
+            con.register("targets", pd.DataFrame({"period_start": chunk}))
+            counts += con.execute(
+                _COUNT_SQL.replace("{metric_counts}", metric_counts), {"all_name": ALL_DEPLOYMENTS}
+            ).fetchall()
+            excluded_counts += con.execute(_EXCLUDED_SQL).fetchall()
 
     return _frames(
         period,
