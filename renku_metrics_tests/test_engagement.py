@@ -612,3 +612,11 @@ def test_weekly_run_on_s3_reads_only_the_new_week_of_raw_data(built_history, tmp
         life, engagement.lifecycle(local, [ALPHA, BETA], "week", W[10], after, warmup_weeks=4)
     )
     pd.testing.assert_frame_equal(ret, engagement.retention(local, [ALPHA, BETA], W[2], after, warmup_weeks=4))
+
+
+def test_retention_of_the_running_cohort_week(storage):
+    now = dt.datetime(2025, 1, 22, 9, tzinfo=dt.timezone.utc)  # Wednesday of W2: no later week has begun
+    frame = engagement.retention(storage, [ALPHA], W[2], now, warmup_weeks=4)
+    w2 = row(frame, "alpha", W[2])
+    assert w2["cohort_users"] == 1 and w2["weeks_observed"] == 0  # u3, first seen on Tuesday t(2)
+    assert retained(w2) == [None] * 8
