@@ -7,12 +7,12 @@ import datetime as dt
 import pandas as pd
 import pytest
 from dagster import AssetKey, DagsterInstance, materialize
-from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
 from renku_metrics.core.config import load_config
 from renku_metrics.core.readers import read_active_users, read_events, read_metrics
 from renku_metrics.core.storage import open_storage
 from renku_metrics.definitions import build_defs
+from renku_metrics.defs.demo_run import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 from renku_metrics.defs.metadata import table_rows
 
 from .helpers import ev, write_config

@@ -9,7 +9,6 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 from dagster import DagsterInstance
-from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
 from renku_metrics.core.catalog import CATALOG_FILE, load_catalog
 from renku_metrics.core.events import EVENT_SCHEMA, pseudonymize_user
@@ -18,6 +17,7 @@ from renku_metrics.core.readers import read_metrics
 from renku_metrics.core.storage import LocalStorage
 from renku_metrics.definitions import build_defs
 from renku_metrics.defs.aggregates.checks import check_core, evaluate_target
+from renku_metrics.defs.demo_run import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
 from .helpers import ev, write_config
 

@@ -24,7 +24,6 @@ import boto3
 import psycopg2
 import yaml
 from dagster import DagsterInstance
-from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
 from renku_metrics.core.config import load_config
 from renku_metrics.core.events import looks_personal, pseudonymize_user
@@ -33,6 +32,7 @@ from renku_metrics.core.readers import read_active_users, read_events, read_metr
 from renku_metrics.core.sources import gitlab as gitlab_source
 from renku_metrics.core.storage import open_storage
 from renku_metrics.definitions import build_defs
+from renku_metrics.defs.demo_run import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 from renku_metrics_tests.simulators.gitlab_sim import GitLabSimulator
 from renku_metrics_tests.simulators.keycloak_sim import KeycloakSimulator
 from renku_metrics_tests.test_sources_data_services import DDL

@@ -5,11 +5,11 @@ from pathlib import Path
 
 import nbformat
 from dagster import DagsterInstance
-from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 from nbclient import NotebookClient
 
 from renku_metrics.core.config import load_config
 from renku_metrics.definitions import build_defs
+from renku_metrics.defs.demo_run import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -22,13 +22,13 @@ from dagster import DagsterInstance
 
 # Dagster's documented run tags for one run over a range of partitions (what the
 # UI sets for a single-run backfill); the assets read the range from their context.
-PARTITION_RANGE_START_TAG = "dagster/asset_partition_range_start"
-PARTITION_RANGE_END_TAG = "dagster/asset_partition_range_end"
+ASSET_PARTITION_RANGE_START_TAG = "dagster/asset_partition_range_start"
+ASSET_PARTITION_RANGE_END_TAG = "dagster/asset_partition_range_end"
 
 
 def partition_range_tags(start: str, end: str) -> dict[str, str]:
     """Run tags that make one run cover the partitions ``start``..``end`` (both included)."""
-    return {PARTITION_RANGE_START_TAG: start, PARTITION_RANGE_END_TAG: end}
+    return {ASSET_PARTITION_RANGE_START_TAG: start, ASSET_PARTITION_RANGE_END_TAG: end}
 
 
 def plan(today: dt.date, weeks: int) -> dict:
