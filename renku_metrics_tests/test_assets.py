@@ -142,23 +142,6 @@ def test_rerun_is_idempotent(tmp_path):
     assert len(storage.list_keys("raw_events/deployment=demo/date=2025-03-04/")) == 2  # events + manifest
 
 
-def test_monthly_assets(tmp_path):
-    root = str(tmp_path / "data")
-    defs = build_defs(config=demo_config(tmp_path), storage_root=root)
-    instance = DagsterInstance.ephemeral()
-    for name in ("demo", "demo_small"):
-        run_range(defs, f"{name}_daily_extract", "2025-03-01", "2025-03-31", instance)
-    result = run_range(defs, "monthly_metrics", "2025-03-01", "2025-03-01", instance)
-    assert result.success
-    monthly = read_metrics("month", storage=root)
-    assert set(monthly["period_start"]) == {dt.date(2025, 3, 1)}
-    assert monthly["complete"].all()
-    weekly_max = 0
-    assert (monthly["active_users"] >= weekly_max).all()
-    targets = [c for c in result.get_asset_check_evaluations() if c.check_name.startswith("target_")]
-    assert targets and all("value" in c.metadata and "deadline" in c.metadata for c in targets)
-
-
 def test_malformed_records_counted_and_kept_aside(tmp_path, fixture_source):
     config = write_config(
         tmp_path,
@@ -262,3 +245,69 @@ def test_reextracting_an_expired_day_keeps_earlier_events(tmp_path, fixture_sour
     assert second.row_count == 2  # the morning login is kept, not erased
     assert second.complete  # the earlier extract had read the whole window
     assert second.sources["fixture"]["kept_from_previous_extract"] == 1
+
+
+# -- real monthly numbers, and `complete` at the period-end boundary ----------------------------------
+
+MARCH = [
+    ev("2025-03-01T09:00:00Z", "u1", "login"),  # a Saturday: the February week, the March month
+    ev("2025-03-20T09:00:00Z", "u1", "commit"),
+    ev("2025-03-05T09:00:00Z", "u2", "login"),
+    ev("2025-03-25T09:00:00Z", "u2", "login"),
+    ev("2025-03-10T09:00:00Z", "u3", "commit"),
+    ev("2025-03-31T23:59:59Z", "u3", "create_dataset"),  # the month's last second
+    ev("2025-03-15T09:00:00Z", "u4", "run_workflow"),
+    ev("2025-02-28T23:59:59Z", "u5", "commit"),  # February
+    ev("2025-04-01T00:00:00Z", "u6", "start_session"),  # April
+]
+
+
+def test_monthly_assets_count_distinct_users_of_the_month(tmp_path, fixture_source):
+    config = write_config(tmp_path, {"alpha": {"start_date": "2025-02-01", "events": MARCH}})
+    root = str(tmp_path / "data")
+    defs = build_defs(config=config, storage_root=root)
+    instance = DagsterInstance.ephemeral()
+    assert run_range(defs, "alpha_daily_extract", "2025-02-01", "2025-04-30", instance).success
+    result = run_range(defs, "monthly_metrics", "2025-03-01", "2025-03-01", instance)
+    assert result.success
+    monthly = read_metrics("month", storage=root)
+    alpha = monthly[monthly["deployment"] == "alpha"].set_index("metric")
+    # By hand: active in March are u1..u4 (u5 acted in February, u6 in April).
+    assert set(alpha["active_users"]) == {4}
+    expected = {"commit": (2, 50.0), "create_dataset": (1, 25.0), "run_workflow": (1, 25.0), "start_session": (0, 0.0)}
+    for metric, (users, pct) in expected.items():
+        assert (alpha.loc[metric, "users"], alpha.loc[metric, "pct"]) == (users, pct), metric
+    assert alpha["complete"].all()
+    # The month counts each user once, not the sum of its weeks (1 + 2 + 1 + 1 + 1 = 6 week-actives).
+    active = read_active_users("month", storage=root)
+    assert active[active["deployment"] == "alpha"]["active_users"].tolist() == [4]
+    targets = [c for c in result.get_asset_check_evaluations() if c.check_name.startswith("target_")]
+    assert targets and all("value" in c.metadata and "deadline" in c.metadata for c in targets)
+
+
+@pytest.mark.parametrize(
+    "now,complete",
+    [
+        ("2025-03-09T23:59:00Z", False),  # Sunday 23:59 of the week: not over yet
+        ("2025-03-10T00:00:00Z", True),  # the end day (the next Monday) at midnight: over
+        ("2025-03-10T04:00:00Z", True),  # the weekly schedule's run on Monday 04:00
+    ],
+)
+def test_complete_at_the_period_end_boundary_with_the_runs_clock(tmp_path, fixture_source, now, complete):
+    from renku_metrics.defs.clock import NOW_TAG
+
+    config = write_config(
+        tmp_path, {"alpha": {"start_date": "2025-03-01", "events": [ev("2025-03-04T10:00:00Z", "u1", "commit")]}}
+    )
+    root = str(tmp_path / "data")
+    defs = build_defs(config=config, storage_root=root)
+    instance = DagsterInstance.ephemeral()
+    assert run_range(defs, "alpha_daily_extract", "2025-03-01", "2025-03-09", instance).success
+    result = defs.resolve_job_def("weekly_metrics").execute_in_process(
+        instance=instance, partition_key="2025-03-03", tags={NOW_TAG: now}, run_config=QUIET
+    )
+    assert result.success
+    weekly = read_metrics("week", storage=root)
+    assert set(weekly["complete"]) == {complete}
+    if not complete:
+        assert weekly["coverage_note"].str.contains("period not over yet").all()

@@ -213,3 +213,77 @@ def test_temp_copies_of_a_killed_process_are_removed(s3_endpoint, s3_bucket, tmp
         assert os.path.dirname(paths[0]).startswith(os.path.join(parent, f"{os.getpid()}-"))
         assert not os.path.exists(leftover)  # swept when this process made its own
     assert not os.path.exists(os.path.dirname(paths[0]))
+
+
+def _demo(tmp_path, **env):
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("RENKU_METRICS_")}
+    environment.update(DAGSTER_HOME=str(tmp_path / "dagster_home"), **env)
+    os.makedirs(environment["DAGSTER_HOME"], exist_ok=True)
+    (tmp_path / "dagster_home" / "dagster.yaml").write_text("")  # as make demo provides
+    return subprocess.run(
+        [sys.executable, "-m", "renku_metrics.defs.demo_run", "--weeks", "1", "--today", "2025-03-12"],
+        capture_output=True,
+        text=True,
+        env=environment,
+        timeout=600,
+    )
+
+
+def test_make_demo_errors_are_one_line(tmp_path, s3_endpoint):
+    (tmp_path / "afile").write_text("x")
+    cases = [
+        ({"RENKU_METRICS_STORAGE": "s3:/bucket/x"}, "an s3 root needs two slashes"),
+        ({"RENKU_METRICS_STORAGE": str(tmp_path / "afile" / "data")}, "which is a file, not a directory"),
+        (
+            {"RENKU_METRICS_STORAGE": "s3://no-such-bucket-demo/x", "AWS_ENDPOINT_URL": s3_endpoint},
+            "bucket 'no-such-bucket-demo' does not exist",
+        ),
+    ]
+    for env, message in cases:
+        done = _demo(tmp_path, **env)
+        assert done.returncode == 2, done.stderr
+        lines = done.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("renku-metrics: ") and message in lines[0], done.stderr
+
+
+def _ended(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            return any(line.startswith("State:") and ("Z" in line or "X" in line) for line in status)
+    except FileNotFoundError:
+        return True
+
+
+def test_killing_the_demo_parent_ends_the_demo_run(tmp_path):
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    (home / "dagster.yaml").write_text("")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RENKU_METRICS_")}
+    env.update(DAGSTER_HOME=str(home), RENKU_METRICS_STORAGE=str(tmp_path / "data"))
+    output = tmp_path / "demo.out"
+    parent = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import subprocess, sys\n"
+            f"child = subprocess.Popen([sys.executable, '-m', 'renku_metrics.defs.demo_run', '--today', '2025-06-02'], "
+            f"stdout=open({str(output)!r}, 'w'), stderr=subprocess.STDOUT)\n"
+            "print(child.pid, flush=True)\n"
+            "child.wait()\n",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    child = int(parent.stdout.readline())
+    while "Dagster instance" not in output.read_text() and not _ended(child):
+        time.sleep(0.1)
+    assert not _ended(child), output.read_text()
+    os.kill(parent.pid, signal.SIGKILL)  # only the parent, as when make is killed
+    parent.wait(30)
+    for _ in range(600):  # the child ends on its own (a bound against hanging, not a timing check)
+        if _ended(child):
+            break
+        time.sleep(0.1)
+    assert _ended(child), "the demo run kept running after its parent was killed"
+    assert "Data under" not in output.read_text()  # it stopped mid-run, not at the end

@@ -113,6 +113,17 @@ class Storage(ABC):
         return json.loads(self.read_bytes(key))
 
 
+def _sweep_stale_parts(directory: Path) -> None:
+    """Remove ``.tmp-<pid>-*.part`` files that a killed process left behind (its pid no longer runs)."""
+    with contextlib.suppress(FileNotFoundError):
+        for name in os.listdir(directory):
+            if name.startswith(".tmp-") and name.endswith(".part"):
+                pid = name[5:].split("-", 1)[0]
+                if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(directory / name)
+
+
 class LocalStorage(Storage):
     def __init__(self, root: str | os.PathLike) -> None:
         self.path = Path(root).expanduser().resolve()
@@ -141,7 +152,8 @@ class LocalStorage(Storage):
         target.parent.mkdir(parents=True, exist_ok=True)
         # Write beside the target, flush to disk, then rename: a reader (or a
         # crash) sees the old object or the new one, never half of one.
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-", suffix=".part")
+        _sweep_stale_parts(target.parent)
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".tmp-{os.getpid()}-", suffix=".part")
         try:
             os.fchmod(fd, _file_mode())
             with os.fdopen(fd, "wb") as handle:

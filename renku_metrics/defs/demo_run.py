@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import os
 import sys
 import time
 import warnings
@@ -74,11 +75,32 @@ def run_periods(defs, job_name: str, start: dt.date, end: dt.date, instance: Dag
     print(f"  {job_name} {keys[0]}..{keys[-1]}: {len(keys)} runs, one per period, ok in {time.time() - t0:.1f}s")
 
 
+def die_with_parent() -> None:
+    """Linux: end this process (SIGTERM) when its parent dies, e.g. ``make demo``'s make is killed.
+
+    The runs execute in this process (in-process executor), so nothing is left
+    writing behind; every object write is atomic, so a kill loses nothing stored.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import signal
+
+    pr_set_pdeathsig = 1
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+    except OSError:
+        return
+    if os.getppid() == 1:  # the parent died before the request took effect
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--weeks", type=int, default=12)
     parser.add_argument("--today", type=dt.date.fromisoformat, default=dt.datetime.now(dt.timezone.utc).date())
     args = parser.parse_args(argv)
+    die_with_parent()
     # Dagster flags some parameters as beta and the freshness-check builders as
     # superseded; both work as documented, and the warnings would bury the table.
     import dagster
@@ -89,6 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     from renku_metrics.core.catalog import CatalogError
     from renku_metrics.core.errors import ConfigError
     from renku_metrics.core.readers import read_metrics
+    from renku_metrics.core.sources.base import SourceError
     from renku_metrics.core.storage import StorageError, open_storage
 
     try:
@@ -109,22 +132,30 @@ def main(argv: list[str] | None = None) -> int:
         print(f"renku-metrics: {exc}", file=sys.stderr)
         return 2
     print(f"Dagster instance: {instance.root_directory}\nStorage: {storage.root}")
-    for name in sorted(config_names):
-        job = defs.resolve_job_def(f"{name}_daily_extract")
-        keys = job.partitions_def.get_partition_keys(dynamic_partitions_store=instance)
-        first, last = steps["days"]
-        wanted = [k for k in keys if first.isoformat() <= k <= last.isoformat()]
-        if wanted:
-            run_range(defs, f"{name}_daily_extract", wanted[0], wanted[-1], instance)
-    run_periods(defs, "weekly_metrics", *steps["weeks"], instance)
-    if steps["months"]:
-        run_periods(defs, "monthly_metrics", *steps["months"], instance)
-    defs.resolve_job_def("metrics_report_job").execute_in_process(
-        instance=instance,
-        raise_on_error=True,
-        run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
-    )
-    print("  metrics_report: charts in the asset's metadata and under reports/metrics_report/")
+    try:
+        for name in sorted(config_names):
+            job = defs.resolve_job_def(f"{name}_daily_extract")
+            keys = job.partitions_def.get_partition_keys(dynamic_partitions_store=instance)
+            first, last = steps["days"]
+            wanted = [k for k in keys if first.isoformat() <= k <= last.isoformat()]
+            if wanted:
+                run_range(defs, f"{name}_daily_extract", wanted[0], wanted[-1], instance)
+        run_periods(defs, "weekly_metrics", *steps["weeks"], instance)
+        if steps["months"]:
+            run_periods(defs, "monthly_metrics", *steps["months"], instance)
+        defs.resolve_job_def("metrics_report_job").execute_in_process(
+            instance=instance,
+            raise_on_error=True,
+            run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
+        )
+        print("  metrics_report: charts in the asset's metadata and under reports/metrics_report/")
+    except Exception as exc:
+        # A storage or upstream failure inside a run: its one-line message, not Dagster's traceback.
+        cause = getattr(exc, "user_exception", None) or exc
+        if isinstance(cause, (StorageError, SourceError, ConfigError)):
+            print(f"renku-metrics: {cause}", file=sys.stderr)
+            return 2
+        raise
 
     weekly = read_metrics("week", storage=storage)
     first_week, last_week = steps["weeks"]

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import random
 import threading
 import time
 from dataclasses import dataclass, field
@@ -68,7 +69,9 @@ class Fault:
     Retry-After ``retry_after`` and RateLimit-* headers), "truncate" (the real
     body cut in half, with a matching Content-Length: syntactically broken JSON),
     "cut" (the full Content-Length announced, half the body sent, connection
-    closed), "delay" (answer normally after ``delay`` seconds). ``query`` narrows
+    closed), "delay" (answer normally after ``delay`` seconds), "html" (HTTP 200
+    with an HTML error page, as a proxy sends), "reset" (the connection closed
+    without any answer). ``query`` narrows
     the fault to requests carrying these query arguments (e.g. ``{"page": "2"}``).
     """
 
@@ -88,6 +91,8 @@ class SimulatorServer:
     def __init__(self) -> None:
         self._lock = threading.RLock()
         self.faults: list[Fault] = []
+        self._chaos: tuple[float, random.Random, list[Fault]] | None = None
+        self.chaos_served: dict[str, int] = {}
         self.requests: list[Request] = []
         self.in_flight = 0
         self.max_in_flight = 0  # the most requests served at once (concurrency tests)
@@ -158,8 +163,26 @@ class SimulatorServer:
             self.faults.append(fault)
         return fault
 
+    def chaos(self, rate: float, faults: list[Fault], seed: int = 0) -> None:
+        """From now on a share ``rate`` of requests gets one of ``faults`` (chosen at random, seeded).
+
+        A fault with ``query`` or ``path_contains`` only hits requests it matches.
+        """
+        with self._lock:
+            self._chaos = (rate, random.Random(seed), faults)
+
     def _take_fault(self, request: Request) -> Fault | None:
         with self._lock:
+            if self._chaos is not None:
+                rate, rng, faults = self._chaos
+                if rng.random() < rate:
+                    fault = rng.choice(faults)
+                    if (fault.path_contains is None or fault.path_contains in request.path) and all(
+                        request.arg(k) == v for k, v in (fault.query or {}).items()
+                    ):
+                        label = fault.kind if fault.kind != "status" else f"status {fault.status}"
+                        self.chaos_served[label] = self.chaos_served.get(label, 0) + 1
+                        return fault
             for fault in self.faults:
                 if (
                     fault.times > 0
@@ -192,7 +215,12 @@ class SimulatorServer:
 
     def _respond(self, handler: BaseHTTPRequestHandler, request: Request) -> None:
         fault = self._take_fault(request)
-        if fault is not None and fault.kind == "status":
+        if fault is not None and fault.kind == "reset":
+            handler.close_connection = True  # no answer at all: the client sees the connection drop
+            return
+        if fault is not None and fault.kind == "html":
+            response = Response(200, b"<html><body>502 Bad Gateway</body></html>", {"Content-Type": "text/html"})
+        elif fault is not None and fault.kind == "status":
             response = Response.json({"message": f"{fault.status} simulated failure"}, status=fault.status)
         elif fault is not None and fault.kind == "rate_limit":
             response = self._rate_limited(fault)

@@ -32,6 +32,7 @@ class S3FaultProxy:
         self.requests = 0
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
+        self._connections: set[socket.socket] = set()
         self.port = 0
 
     def fail(self, mode: str, times: int = 10**9, code: str = "AccessDenied", status: int = 403, methods=None):
@@ -53,6 +54,16 @@ class S3FaultProxy:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+
+            def setup(self) -> None:
+                super().setup()
+                with proxy._lock:
+                    proxy._connections.add(self.connection)
+
+            def finish(self) -> None:
+                with proxy._lock:
+                    proxy._connections.discard(self.connection)
+                super().finish()
 
             def _handle(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
@@ -105,10 +116,18 @@ class S3FaultProxy:
         return self
 
     def down(self) -> None:
+        """Stop listening and drop every open connection (kept-alive ones too)."""
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
             self._server = None
+        with self._lock:
+            connections, self._connections = list(self._connections), set()
+        for connection in connections:
+            try:
+                connection.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
 
     def up(self) -> None:
         self.start(self.port)

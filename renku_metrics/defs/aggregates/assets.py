@@ -18,8 +18,6 @@ carries its own period's numbers (Dagster attaches a run's metadata to every
 partition the run covers).
 """
 
-import datetime as dt
-
 import pandas as pd
 from dagster import (
     AssetCheckResult,
@@ -48,6 +46,7 @@ from renku_metrics.defs.aggregates.checks import (
     evaluate_target,
     target_checks,
 )
+from renku_metrics.defs.clock import run_now
 from renku_metrics.defs.keys import OWNERS, active_users_name, core_actions_name, raw_events_deps
 from renku_metrics.defs.metadata import PER_PERIOD_BACKFILL, markdown_table, partition_metadata
 from renku_metrics.defs.partitions import period_partitions, period_starts
@@ -214,7 +213,7 @@ def build_metric_assets(config: MetricsConfig, catalog: Catalog, period: str) ->
     )
     def aggregate(context: AssetExecutionContext, metrics_storage: MetricsStorageResource):
         storage = metrics_storage.get_storage()
-        now = dt.datetime.now(dt.timezone.utc)
+        now = run_now(context)  # the wall clock, or the run tag renku_metrics/now
         today = now.date()
         active_frames, core_frames, coverage = [], [], []
         for start in period_starts(context, period):

@@ -39,6 +39,7 @@ from dagster import (
 from renku_metrics.core import engagement
 from renku_metrics.core.config import MetricsConfig
 from renku_metrics.core.layout import metrics_key
+from renku_metrics.defs.clock import run_now
 from renku_metrics.defs.engagement.checks import (
     LIFECYCLE_CHECKS,
     RETENTION_CHECKS,
@@ -196,7 +197,7 @@ def _build(
         if refresh_before:
             day = requested[0] - dt.timedelta(weeks=refresh_before)
             extra = [d for d in (day + dt.timedelta(weeks=i) for i in range(refresh_before)) if d >= first_start]
-        now = dt.datetime.now(dt.timezone.utc)
+        now = run_now(context)  # the wall clock, or the run tag renku_metrics/now
         frame = compute(storage, [*extra, *requested], now)
         for start, rows in frame.groupby("period_start", sort=True):
             storage.write_frame(metrics_key(name, start), rows.reset_index(drop=True))
