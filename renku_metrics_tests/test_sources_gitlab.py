@@ -540,3 +540,20 @@ def test_http_counters_are_per_window(gitlab):
     first = source.extract(WINDOW).stats["http_requests"]
     second = source.extract(WINDOW).stats["http_requests"]
     assert first == 5 and second == 3  # per window: the second finds both user records cached
+
+
+def test_a_new_branch_head_answering_404_is_retried_then_noted(gitlab):
+    gitlab.add_project(10)
+    gitlab.push(10, BOB, at(days=-3), ["m1"])
+    gitlab.push(10, ALICE, at(8), ["f1", "f2", "f3"], branch="feature", base="master")
+    expected = sorted(make_source(gitlab).extract(WINDOW).events, key=lambda e: e["event_id"])
+    assert len(expected) == 3
+
+    gitlab.inject("status", times=2, status=404, path_contains="/repository/commits")
+    result = make_source(gitlab).extract(WINDOW)
+    assert result.complete and sorted(result.events, key=lambda e: e["event_id"]) == expected
+
+    gitlab.inject("status", times=1000, status=404, path_contains="/repository/commits")
+    result = make_source(gitlab, max_retries=1).extract(WINDOW)
+    assert not result.complete and result.events == []
+    assert "commits of push event" in result.coverage_note and "(HTTP 404)" in result.coverage_note

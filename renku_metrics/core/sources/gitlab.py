@@ -354,14 +354,22 @@ class Source:
         return self._users[user_id]
 
     def _commit_pages(
-        self, project_id: int, params: dict[str, Any], limit: int | None = None
+        self, project_id: int, params: dict[str, Any], limit: int | None = None, must_exist: bool = False
     ) -> list[tuple[str, str]] | None:
-        """(sha, message) of a commits listing, at most ``limit``; None when a ref does not exist (404)."""
+        """(sha, message) of a commits listing, at most ``limit``; None when a ref does not exist (404).
+
+        ``must_exist``: the listing names something the push event says exists (its new
+        head, or all branches): a 404 is retried like a 5xx and, if it persists, raised.
+        """
         out: list[tuple[str, str]] = []
         found = False
         per_page = min(self.settings.page_size, limit) if limit else self.settings.page_size
         for page in self.client.iter_offset_pages(
-            f"/api/v4/projects/{project_id}/repository/commits", params, per_page, not_found_ok=True
+            f"/api/v4/projects/{project_id}/repository/commits",
+            params,
+            per_page,
+            not_found_ok=not must_exist,
+            must_exist=must_exist,
         ):
             found = True
             for commit in page:
@@ -374,11 +382,14 @@ class Source:
     def _push_commits(self, push: _Push) -> tuple[list[tuple[str, str]], bool]:
         """The commits a push added, as (sha, message); and whether it was a bulk push.
 
-        A commit listing that fails after its first page is recorded as a gap.
+        A commit listing that fails after its first page, or whose head keeps answering
+        404, is recorded as a gap.
         """
         try:
             return self._read_push_commits(push)
-        except PageError as exc:
+        except HttpError as exc:
+            if not (isinstance(exc, PageError) or exc.status == 404):
+                raise  # e.g. a first page failing with 5xx after retries: the day fails, nothing is written
             self._gaps.append(
                 f"commits of push event {push.record.get('id')} in project {push.project['id']} "
                 f"not fully read ({_reason(exc)})"
@@ -399,7 +410,9 @@ class Source:
             # tell which commits came with it; read every branch around the push time.
             since = push.created_at - dt.timedelta(days=self.settings.bulk_push_lookback_days)
             commits = self._commit_pages(
-                project_id, {"all": "true", "since": _iso(since), "until": _iso(push.created_at + CLOCK_SKEW)}
+                project_id,
+                {"all": "true", "since": _iso(since), "until": _iso(push.created_at + CLOCK_SKEW)},
+                must_exist=True,
             )
             return commits or [], True
         if not _is_int(count) or count <= 0:
@@ -413,7 +426,7 @@ class Source:
             # commit_from is gone (garbage-collected after a force push): fall through.
         # A new branch (or the first push of a repository): the newest commit_count
         # commits of its head are the ones GitLab counted as new.
-        return self._commit_pages(project_id, {"ref_name": commit_to}, limit=count) or [], False
+        return self._commit_pages(project_id, {"ref_name": commit_to}, limit=count, must_exist=True) or [], False
 
     # -- extract ---------------------------------------------------------------
 

@@ -396,7 +396,7 @@ class HttpClient:
     # -- paging ----------------------------------------------------------------
 
     def iter_offset_pages(
-        self, path: str, params: Params, per_page: int, *, not_found_ok: bool = False
+        self, path: str, params: Params, per_page: int, *, not_found_ok: bool = False, must_exist: bool = False
     ) -> Iterator[list[Any]]:
         """Pages of a GitLab offset-paginated listing, following ``x-next-page``.
 
@@ -407,13 +407,16 @@ class HttpClient:
         With ``not_found_ok`` a 404 on the first page yields no pages at all
         (the resource does not exist); on a later page a 404 is retried, and any
         persistent failure there raises ``PageError``: never the end of the list.
+        With ``must_exist`` a 404 on the first page is retried too (then raises HttpError).
         """
         page = 1
         base = list(params.items()) if isinstance(params, Mapping) else list(params or [])
         while True:
             query = base + [("page", page), ("per_page", per_page)]
             if page == 1:
-                items, response = self.request_json("GET", path, params=query, expect=list, not_found_ok=not_found_ok)
+                items, response = self.request_json(
+                    "GET", path, params=query, expect=list, not_found_ok=not_found_ok, retry_not_found=must_exist
+                )
             else:
                 items, response = self._later_page(path, query, page)
             if items is None:

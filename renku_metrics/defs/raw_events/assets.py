@@ -47,7 +47,8 @@ def _description(deployment: Deployment) -> str:
         f"(`raw_events/deployment={deployment.name}/date=YYYY-MM-DD/events.parquet`), extracted from: {sources}. "
         "Columns: event_id, deployment, occurred_at, user_id (md5 of the Keycloak id), action "
         f"({', '.join(ACTIONS)}), project_id, project_visibility, source. Records failing validation are "
-        "kept aside under `rejected/` and counted in the metadata. "
+        "kept aside under `rejected/` and counted in the metadata. A day whose rows fail a blocking check is "
+        "withheld: not published, left out of every aggregate (its periods say so), its rows kept under `rejected/`. "
         "Cannot see: anything a source cannot see (see the metric catalog), e.g. local `renku session start`; "
         "days whose upstream events had already expired are marked incomplete by the source_coverage check."
     )
