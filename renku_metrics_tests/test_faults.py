@@ -80,7 +80,7 @@ def gitlab_config(tmp_path: Path, url: str):
             }
         )
     )
-    return load_config(path, check_secrets=False).deployments[0]
+    return load_config(path).deployments[0]  # secrets are read when sources are built
 
 
 def extract_gitlab(storage: Storage, sim: GitLabSimulator, tmp_path: Path, days=DAYS, **settings) -> list:
