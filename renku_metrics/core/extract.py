@@ -195,6 +195,8 @@ def build_sources(deployment: Deployment, env: Mapping[str, str]) -> dict[str, A
         try:
             built[source_type] = source_module(source_type).Source(deployment.name, settings, env)
         except ConfigError as exc:
+            if str(exc).startswith(f"deployment {deployment.name!r}"):
+                raise  # the source's message already names deployment and key
             raise ConfigError(f"deployment {deployment.name!r}, source {source_type!r}: {exc}") from exc
     return built
 
