@@ -115,8 +115,8 @@ def main(argv: list[str] | None = None) -> int:
     from renku_metrics.core.storage import StorageError, open_storage
 
     try:
-        # Importing the code location already loads deployments.yaml and the catalog.
-        from renku_metrics.definitions import build_defs
+        # Building the definitions loads deployments.yaml and the catalog.
+        from renku_metrics.defs.build import build_defs
 
         defs = build_defs()
     except (ConfigError, CatalogError) as exc:  # one clear line, not a traceback
