@@ -21,7 +21,9 @@ beta activity:
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import io
 import shutil
 import warnings
 
@@ -620,3 +622,81 @@ def test_retention_of_the_running_cohort_week(storage):
     w2 = row(frame, "alpha", W[2])
     assert w2["cohort_users"] == 1 and w2["weeks_observed"] == 0  # u3, first seen on Tuesday t(2)
     assert retained(w2) == [None] * 8
+
+
+# --------------------------------------------------------------------------- user weeks from the weekly aggregate
+
+
+def test_weekly_aggregate_stores_the_user_weeks_the_engagement_runs_read(
+    built_history, tmp_path, s3_endpoint, s3_bucket
+):
+    """The weekly aggregate's scan stores the week's user sets: the week's lifecycle and retention
+    runs that follow read no raw events file, and give the numbers of a fresh computation."""
+    import pyarrow.parquet as pq
+
+    from renku_metrics.core.aggregate import aggregate_period
+    from renku_metrics.core.catalog import load_catalog
+    from renku_metrics.core.layout import user_weeks_key
+    from renku_metrics.core.storage import S3Storage, open_storage
+
+    class CountingS3(S3Storage):
+        def __init__(self, inner: S3Storage) -> None:
+            super().__init__(inner.bucket, inner.prefix, inner.client)
+            self.read: list[str] = []
+
+        def read_bytes(self, key: str) -> bytes:
+            self.read.append(key)
+            return super().read_bytes(key)
+
+        @contextlib.contextmanager
+        def local_paths(self, keys):
+            self.read.extend(keys)
+            with super().local_paths(keys) as paths:
+                yield paths
+
+    s3 = CountingS3(open_storage(f"s3://{s3_bucket}/byproduct", endpoint_url=s3_endpoint))
+    local = LocalStorage(built_history)
+    new_week = [W[10] + dt.timedelta(days=i) for i in range(7)]
+    for key in local.list_keys("raw_events/"):
+        if day_of_key(key) < W[10]:
+            s3.write_bytes(key, local.read_bytes(key))
+    before = dt.datetime(2025, 3, 17, 6, tzinfo=dt.timezone.utc)
+    engagement.lifecycle(s3, [ALPHA, BETA], "week", W[9], before, warmup_weeks=4)
+    for key in local.list_keys("raw_events/"):
+        if day_of_key(key) in new_week:
+            s3.write_bytes(key, local.read_bytes(key))
+    after = dt.datetime(2025, 3, 24, 6, tzinfo=dt.timezone.utc)
+    aggregate_period(s3, [ALPHA, BETA], load_catalog(), "week", W[10], after)
+    stored = pq.read_table(io.BytesIO(s3.read_bytes(user_weeks_key("alpha", W[10]))))
+    assert not s3.exists(user_weeks_key("beta", W[10]))  # beta has no event in W10: no user week
+    s3.read.clear()
+    life = engagement.lifecycle(s3, [ALPHA, BETA], "week", W[10], after, warmup_weeks=4)
+    ret = engagement.retention(s3, [ALPHA, BETA], W[2], after, warmup_weeks=4)
+    events_read = [k for k in s3.read if k.endswith("events.parquet")]
+    assert events_read == [], events_read
+    fresh = _fresh(local, tmp_path, "fresh")
+    pd.testing.assert_frame_equal(
+        life, engagement.lifecycle(fresh, [ALPHA, BETA], "week", W[10], after, warmup_weeks=4)
+    )
+    pd.testing.assert_frame_equal(ret, engagement.retention(fresh, [ALPHA, BETA], W[2], after, warmup_weeks=4))
+    # The by-product is the user week the engagement state builds from raw events itself.
+    rebuilt = pq.read_table(fresh.path / user_weeks_key("alpha", W[10]))
+    assert stored.to_pylist() == rebuilt.to_pylist() and stored.num_rows == 1  # the bot: exclusions apply on reading
+    assert not fresh.exists(user_weeks_key("beta", W[10]))
+
+
+def test_user_weeks_of_the_aggregate_go_stale_when_a_day_is_reextracted(storage, tmp_path):
+    from renku_metrics.core.aggregate import aggregate_period
+    from renku_metrics.core.catalog import load_catalog
+
+    aggregate_period(storage, [ALPHA], load_catalog(), "week", W[2], NOW)
+    assert storage.exists("state/user_weeks/deployment=alpha/week=2025-01-20/user_weeks.parquet")
+    # t(2) re-extracted with u4 in it after the aggregate ran: u4 is first seen in W2, not new in W4.
+    write_day(storage, "alpha", t(2), sorted([U[1], U[3], U[4], BOT]))
+    after = engagement.lifecycle(storage, [ALPHA], "week", [W[2], W[4]], NOW, warmup_weeks=4)
+    assert counts(row(after, "alpha", W[4])) == (2, 0, 1, 1, 2)
+    assert row(after, "alpha", W[2])["new_users"] == 2  # u3 and u4
+    pd.testing.assert_frame_equal(
+        after,
+        engagement.lifecycle(_fresh(storage, tmp_path, "fresh"), [ALPHA], "week", [W[2], W[4]], NOW, warmup_weeks=4),
+    )

@@ -115,16 +115,65 @@ def _read_state(storage: Storage, key: str) -> pa.Table | None:
         return None
 
 
-def load_day_index(storage: Storage, deployment: Deployment) -> dict[dt.date, DayRecord]:
-    """Every stored day of the deployment (with a manifest), refreshed from the listing."""
-    name = deployment.name
+def day_versions(listing: dict[str, str]) -> dict[dt.date, str]:
+    """{day: version of its manifest and events objects} of the days with a manifest, from a
+    ``Storage.list_versions`` listing of raw-event keys."""
     parts: dict[dt.date, list[str]] = {}
-    for key, version in storage.list_versions(raw_events_prefix(name)).items():
+    for key, version in listing.items():
         if is_manifest_key(key):
             parts.setdefault(day_of_key(key), ["", ""])[0] = version
         elif is_events_key(key):
             parts.setdefault(day_of_key(key), ["", ""])[1] = version
-    current = {day: f"{m}|{e}" for day, (m, e) in parts.items() if m}
+    return {day: f"{m}|{e}" for day, (m, e) in parts.items() if m}
+
+
+def list_day_versions(storage: Storage, name: str, days: Iterable[dt.date]) -> dict[dt.date, str]:
+    """``day_versions`` of the given days only: one listing per calendar month they touch."""
+    days = set(days)
+    listing: dict[str, str] = {}
+    for month in sorted({d.strftime("%Y-%m-") for d in days}):
+        listing.update(storage.list_versions(f"{raw_events_prefix(name)}date={month}"))
+    return {d: v for d, v in day_versions(listing).items() if d in days}
+
+
+def week_signature(deployment: Deployment, week: dt.date, days: dict[dt.date, tuple[str, bool]]) -> str | None:
+    """What a user week is built from: the version of each of its history days with a manifest
+    (``days``: {day: (version, has events)}, other days ignored) and the deployment's
+    ``start_date``; None when none of those days has events (no user week is stored then)."""
+    history = [
+        (d, days[d])
+        for d in (week + dt.timedelta(days=i) for i in range(7))
+        if d in days and d >= deployment.start_date
+    ]
+    if not any(has_events for _, (_, has_events) in history):
+        return None
+    text = f"{STATE_FORMAT}|{deployment.start_date}|" + ";".join(f"{d}={v}" for d, (v, _) in history)
+    return hashlib.sha1(text.encode()).hexdigest()
+
+
+def store_user_week(storage: Storage, name: str, week: dt.date, table: pa.Table, signature: str) -> pa.Table:
+    """Write one user week (columns user_id, days, first_day) with the signature of what it was built from."""
+    table = _with_meta(
+        table.select(["user_id", "days", "first_day"]).cast(USER_WEEKS_SCHEMA),
+        {
+            "format": STATE_FORMAT,
+            "signature": signature,
+        },
+    )
+    storage.write_parquet(user_weeks_key(name, week), table)
+    return table
+
+
+# The SQL expressions of a user week over events with ``occurred_at``: a user's active days in
+# the ISO week as a bitmask (bit i: Monday + i days) and the first of them (UTC days).
+USER_DAYS_SQL = "CAST(bit_or(CAST(1 AS UTINYINT) << CAST(isodow(CAST({ts} AS DATE)) - 1 AS INTEGER)) AS UTINYINT)"
+USER_FIRST_DAY_SQL = "min(CAST({ts} AS DATE))"
+
+
+def load_day_index(storage: Storage, deployment: Deployment) -> dict[dt.date, DayRecord]:
+    """Every stored day of the deployment (with a manifest), refreshed from the listing."""
+    name = deployment.name
+    current = day_versions(storage.list_versions(raw_events_prefix(name)))
 
     stored: dict[dt.date, DayRecord] = {}
     try:
@@ -192,12 +241,8 @@ class DeploymentActivity:
 
     def _signature(self, week: dt.date) -> str | None:
         """What the user week is built from; None when the week has no stored events."""
-        days = [week + dt.timedelta(days=i) for i in range(7)]
-        history = [(d, self.index[d]) for d in days if d in self.index and d >= self.deployment.start_date]
-        if not any(r[1] for _, r in history):
-            return None
-        text = f"{STATE_FORMAT}|{self.deployment.start_date}|" + ";".join(f"{d}={r[0]}" for d, r in history)
-        return hashlib.sha1(text.encode()).hexdigest()
+        days = {d: (r[0], r[1]) for d in (week + dt.timedelta(days=i) for i in range(7)) if (r := self.index.get(d))}
+        return week_signature(self.deployment, week, days)
 
     def history_weeks(self) -> list[dt.date]:
         return sorted({week_start(d) for d, r in self._history_days().items() if r[1]})
@@ -238,15 +283,12 @@ class DeploymentActivity:
         with self._connection() as con, self.storage.local_paths(keys) as paths:
             built = con.sql(
                 """
-                WITH e AS (
-                    SELECT user_id, CAST(occurred_at AS DATE) AS day FROM read_parquet($paths)
-                )
-                SELECT CAST(date_trunc('week', day) AS DATE) AS week, user_id,
-                       CAST(bit_or(CAST(1 AS UTINYINT) << CAST(isodow(day) - 1 AS INTEGER))
-                            AS UTINYINT) AS days,
-                       min(day) AS first_day
-                FROM e GROUP BY ALL ORDER BY week, user_id
-                """,
+                SELECT CAST(date_trunc('week', occurred_at) AS DATE) AS week, user_id,
+                       {days} AS days, {first_day} AS first_day
+                FROM read_parquet($paths) GROUP BY ALL ORDER BY week, user_id
+                """.replace("{days}", USER_DAYS_SQL.format(ts="occurred_at")).replace(
+                    "{first_day}", USER_FIRST_DAY_SQL.format(ts="occurred_at")
+                ),
                 params={"paths": paths},
             ).to_arrow_table()
         week_col = built.column("week").to_pylist()
@@ -255,10 +297,9 @@ class DeploymentActivity:
             bounds.setdefault(w, [i, i])[1] = i + 1
         for week in weeks:
             lo, hi = bounds.get(week, (0, 0))
-            table = built.slice(lo, hi - lo).select(["user_id", "days", "first_day"]).cast(USER_WEEKS_SCHEMA)
-            table = _with_meta(table, {"format": STATE_FORMAT, "signature": signatures[week]})
-            self.storage.write_parquet(user_weeks_key(self.name, week), table)
-            self._weeks[week] = table
+            self._weeks[week] = store_user_week(
+                self.storage, self.name, week, built.slice(lo, hi - lo), signatures[week]
+            )
 
     def first_seen(self) -> pa.Table:
         """Each user's first day in the extracted history (columns user_id, first_day), kept current."""

@@ -32,11 +32,19 @@ from dataclasses import dataclass
 import duckdb
 import pandas as pd
 
+from renku_metrics.core.activity import (
+    USER_DAYS_SQL,
+    USER_FIRST_DAY_SQL,
+    day_versions,
+    list_day_versions,
+    store_user_week,
+    week_signature,
+)
 from renku_metrics.core.catalog import Catalog
 from renku_metrics.core.config import Deployment
 from renku_metrics.core.coverage import DeploymentCoverage, coverage_for, coverage_from_days, day_status
 from renku_metrics.core.events import ACTIONS, ALL_DEPLOYMENTS, ROLLUP_USER_SQL
-from renku_metrics.core.layout import day_of_key, is_manifest_key, raw_events_prefix
+from renku_metrics.core.layout import day_of_key, is_manifest_key, raw_events_key, raw_events_prefix
 from renku_metrics.core.manifest import Manifest
 from renku_metrics.core.periods import Period, days_between, period_bounds
 from renku_metrics.core.storage import Storage
@@ -47,6 +55,7 @@ from renku_metrics.core.storage import Storage
 _REDUCE_SQL = """
 CREATE TEMP TABLE reduced AS
 SELECT e.deployment, e.user_id, CAST(date_trunc($unit, e.occurred_at) AS DATE) AS p, bit_or({action_bit}) AS mask
+       {user_week}
 FROM events e
 WHERE e.occurred_at >= $lo AND e.occurred_at < $hi
 GROUP BY ALL
@@ -136,6 +145,7 @@ def aggregate_periods(
     bounds = {s: period_bounds(period, s) for s in starts}
     today = now.astimezone(dt.timezone.utc).date()
     measured = {s: [d for d in deployments if d.start_date < bounds[s][1]] for s in starts}
+    versions = _listed_versions(storage, deployments, bounds, measured) if period == "week" else None
     coverage = _coverages(storage, deployments, bounds, measured, today)
     metrics = catalog.computed()
     actions = list(dict.fromkeys([*ACTIONS, *(a for _, a in catalog.metric_actions())]))
@@ -153,6 +163,19 @@ def aggregate_periods(
         f", count(*) FILTER (WHERE mask & CAST({m} AS UBIGINT) != 0) AS m{i}" for i, m in enumerate(metric_masks)
     )
     excluded = [(d.name, key) for d in deployments for key in d.excluded_user_keys()]
+    # Weeks: the scan also yields each user's active days, i.e. the week's user sets of the derived
+    # engagement state (core/activity.py), stored as a by-product so that the engagement runs of the
+    # week need not read its raw files again. Their signatures come from a listing made before any
+    # manifest or file is read: data changed meanwhile makes them stale, never wrongly valid.
+    user_week = (
+        ", "
+        + USER_DAYS_SQL.format(ts="e.occurred_at")
+        + " AS days, "
+        + USER_FIRST_DAY_SQL.format(ts="e.occurred_at")
+        + " AS first_day"
+        if versions is not None
+        else ""
+    )
     counts: list[tuple] = []
     excluded_counts: list[tuple] = []
     with contextlib.ExitStack() as stack:
@@ -184,7 +207,7 @@ def aggregate_periods(
                         "CAST(NULL AS TIMESTAMPTZ) AS occurred_at WHERE false"
                     )
                 con.execute(
-                    _REDUCE_SQL.replace("{action_bit}", action_bit),
+                    _REDUCE_SQL.replace("{action_bit}", action_bit).replace("{user_week}", user_week),
                     {
                         "unit": period,
                         "lo": dt.datetime.combine(chunk[0], dt.time(), dt.timezone.utc),
@@ -196,6 +219,8 @@ def aggregate_periods(
                 _COUNT_SQL.replace("{metric_counts}", metric_counts), {"all_name": ALL_DEPLOYMENTS}
             ).fetchall()
             excluded_counts += con.execute(_EXCLUDED_SQL).fetchall()
+            if versions is not None:
+                _store_user_weeks(con, storage, chunk, measured, coverage, versions)
 
     return _frames(
         period,
@@ -208,6 +233,60 @@ def aggregate_periods(
         excluded_counts,
         coverage,
     )
+
+
+def _listed_versions(
+    storage: Storage,
+    deployments: Sequence[Deployment],
+    bounds: dict[dt.date, tuple[dt.date, dt.date]],
+    measured: dict[dt.date, list[Deployment]],
+) -> dict[str, dict[dt.date, str]]:
+    """{deployment: {day: version}} of the periods' stored days (one listing per month, or per
+    deployment when the periods span more than a quarter)."""
+    out = {}
+    for d in deployments:
+        days = {day for s, (start, end) in bounds.items() if d in measured[s] for day in days_between(start, end)}
+        if not days:
+            continue
+        if len({day.strftime("%Y-%m") for day in days}) > 3:
+            out[d.name] = {
+                day: v
+                for day, v in day_versions(storage.list_versions(raw_events_prefix(d.name))).items()
+                if day in days
+            }
+        else:
+            out[d.name] = list_day_versions(storage, d.name, days)
+    return out
+
+
+def _store_user_weeks(
+    con: duckdb.DuckDBPyConnection,
+    storage: Storage,
+    weeks: list[dt.date],
+    measured: dict[dt.date, list[Deployment]],
+    coverage: dict[dt.date, dict[str, DeploymentCoverage]],
+    versions: dict[str, dict[dt.date, str]],
+) -> None:
+    """Store the user weeks of the scanned weeks (from the ``reduced`` rows) as the derived state."""
+    rows = con.sql(
+        "SELECT deployment, p, user_id, days, first_day FROM reduced ORDER BY deployment, p, user_id"
+    ).to_arrow_table()
+    groups: dict[tuple[str, dt.date], list[int]] = {}
+    for i, key in enumerate(zip(rows.column("deployment").to_pylist(), rows.column("p").to_pylist(), strict=True)):
+        groups.setdefault(key, [i, i])[1] = i + 1
+    for week in weeks:
+        for d in measured[week]:
+            with_events = set(coverage[week][d.name].event_keys)
+            days = {
+                day: (v, raw_events_key(d.name, day) in with_events)
+                for day, v in versions.get(d.name, {}).items()
+                if week <= day < week + dt.timedelta(days=7)
+            }
+            signature = week_signature(d, week, days)
+            if signature is None:
+                continue
+            lo, hi = groups.get((d.name, week), (0, 0))
+            store_user_week(storage, d.name, week, rows.slice(lo, hi - lo), signature)
 
 
 def _coverages(

@@ -193,7 +193,10 @@ class LocalStorage(Storage):
             with os.scandir(directory) as entries:
                 for entry in entries:
                     if entry.is_dir(follow_symlinks=False):
-                        pending.append(entry.path)
+                        # Only directories that can hold keys under the prefix (a month's days, not all).
+                        below = f"{relative}/{entry.name}/" if relative else f"{entry.name}/"
+                        if below.startswith(prefix) or prefix.startswith(below):
+                            pending.append(entry.path)
                     elif not entry.name.startswith(".tmp-"):
                         key = f"{relative}/{entry.name}" if relative else entry.name
                         if key.startswith(prefix):
