@@ -41,14 +41,15 @@ DAYS = 1092
 DEPLOYMENTS = 5
 
 
-def _dates(days: int) -> dict:
+def _dates(days: int, start: dt.date | None = None) -> dict:
     from renku_metrics_tests.bench_data import START
 
-    end = START + dt.timedelta(days=days)  # first day after the history
+    start = start or START
+    end = start + dt.timedelta(days=days)  # first day after the history
     last_week = end - dt.timedelta(days=end.weekday() or 7)  # the last full ISO week
     if last_week + dt.timedelta(days=7) > end:
         last_week -= dt.timedelta(days=7)
-    year1_week = START + dt.timedelta(weeks=52)
+    year1_week = start + dt.timedelta(weeks=52)
     last_month = (end - dt.timedelta(days=1)).replace(day=1)
     if (last_month.replace(day=28) + dt.timedelta(days=4)).replace(day=1) > end:
         last_month = (last_month - dt.timedelta(days=1)).replace(day=1)
@@ -69,42 +70,68 @@ def _now(day: dt.date) -> dt.datetime:
 # --------------------------------------------------------------------------- one figure, in a child process
 
 
-def _figure(name: str, root: str, days: int) -> dict:
-    """Run one measured piece of work in this (fresh) process."""
+def _figure(name: str, root: str, days: int, start: dt.date) -> dict:
+    """Run one measured piece of work in this (fresh) process; a run's parts are timed one by one,
+    with the process's peak RSS so far after each (the in-process executor runs a job's steps in
+    one process, so the run's peak is the last one)."""
     from renku_metrics.core import engagement
     from renku_metrics.core.aggregate import aggregate_period, aggregate_periods
     from renku_metrics.core.catalog import load_catalog
     from renku_metrics.core.periods import period_starts_between
     from renku_metrics.core.storage import LocalStorage
-    from renku_metrics_tests.bench_data import START, bench_deployments
+    from renku_metrics_tests.bench_data import bench_deployments
 
     storage = LocalStorage(root)
-    deployments = bench_deployments(DEPLOYMENTS)
+    deployments = bench_deployments(DEPLOYMENTS, start)
     catalog = load_catalog()
-    d = _dates(days)
+    d = _dates(days, start)
+    week, month = d["week"], d["month"]
+    parts: dict[str, dict] = {}
     info = ""
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    cpu0 = usage.ru_utime + usage.ru_stime
-    t0 = time.perf_counter()
+
+    def part(label: str, work) -> None:
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        cpu0 = usage.ru_utime + usage.ru_stime
+        t0 = time.perf_counter()
+        work()
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        parts[label] = {
+            "seconds": time.perf_counter() - t0,
+            "cpu_seconds": usage.ru_utime + usage.ru_stime - cpu0,
+            "peak_rss_mib": usage.ru_maxrss / 1024,
+        }
+
     if name == "state_build":
         from renku_metrics.core.activity import DeploymentActivity
 
-        users = sum(DeploymentActivity.load(storage, dep).first_seen().num_rows for dep in deployments)
-        info = f"{users:,} first-seen rows"
-    elif name == "aggregate_week":
-        aggregate_period(storage, deployments, catalog, "week", d["week"], _now(d["end"]))
-    elif name == "stickiness_month":
-        engagement.stickiness(storage, deployments, d["month"], _now(d["end"]))
-    elif name in ("lifecycle_week", "lifecycle_week_1y"):
-        week = d["week"] if name == "lifecycle_week" else d["year1_week"]
-        engagement.lifecycle(storage, deployments, "week", week, _now(week + dt.timedelta(days=7)))
-    elif name in ("retention_week", "retention_week_1y"):
-        cohort = d["cohort"] if name == "retention_week" else d["year1_cohort"]
-        engagement.retention(storage, deployments, cohort, _now(cohort + dt.timedelta(weeks=9)))
+        seen = []
+        part(
+            "state",
+            lambda: seen.extend(DeploymentActivity.load(storage, dep).first_seen().num_rows for dep in deployments),
+        )
+        info = f"{sum(seen):,} first-seen rows"
+    elif name == "weekly_run":
+        # What the weekly schedule's run does, in its order: the aggregate (which stores the week's
+        # user sets), then lifecycle and retention (the new cohort and the 8 it refreshes).
+        now = _now(week + dt.timedelta(days=7))
+        cohorts = [week - dt.timedelta(weeks=k) for k in range(engagement.RETENTION_WEEKS, -1, -1)]
+        part("aggregate", lambda: aggregate_period(storage, deployments, catalog, "week", week, now))
+        part("lifecycle", lambda: engagement.lifecycle(storage, deployments, "week", week, now))
+        part("retention", lambda: engagement.retention(storage, deployments, cohorts, now))
+    elif name == "monthly_run":
+        nxt = (month + dt.timedelta(days=32)).replace(day=1)
+        now = _now(nxt)
+        part("aggregate", lambda: aggregate_period(storage, deployments, catalog, "month", month, now))
+        part("lifecycle", lambda: engagement.lifecycle(storage, deployments, "month", month, now))
+        part("stickiness", lambda: engagement.stickiness(storage, deployments, month, now))
     elif name == "recompute_weeks":
-        starts = period_starts_between("week", START, d["end"])
-        out = aggregate_periods(storage, deployments, catalog, "week", starts, _now(d["end"]))
-        info = f"{len(out)} weeks"
+        starts = period_starts_between("week", start, d["end"])
+        out = []
+        part(
+            "recompute",
+            lambda: out.append(aggregate_periods(storage, deployments, catalog, "week", starts, _now(d["end"]))),
+        )
+        info = f"{len(out[0])} weeks"
     elif name == "bare_duckdb":
         import duckdb
 
@@ -112,33 +139,35 @@ def _figure(name: str, root: str, days: int) -> dict:
         from renku_metrics.core.periods import days_between
 
         paths = [
-            storage.uri(raw_events_key(dep.name, day)) for dep in deployments for day in days_between(START, d["end"])
+            storage.uri(raw_events_key(dep.name, day)) for dep in deployments for day in days_between(start, d["end"])
         ]
-        con = duckdb.connect()
-        con.execute("SET TimeZone = 'UTC'")
-        con.execute("SET enable_progress_bar = false")
-        rows = con.execute(
-            """SELECT deployment, CAST(date_trunc('week', occurred_at) AS DATE) AS week, action,
-                      count(DISTINCT user_id) AS users
-               FROM read_parquet($paths)
-               GROUP BY GROUPING SETS ((deployment, week, action), (deployment, week))""",
-            {"paths": paths},
-        ).fetchall()
+        rows = []
+
+        def bare() -> None:
+            con = duckdb.connect()
+            con.execute("SET TimeZone = 'UTC'")
+            con.execute("SET enable_progress_bar = false")
+            rows.extend(
+                con.execute(
+                    """SELECT deployment, CAST(date_trunc('week', occurred_at) AS DATE) AS week, action,
+                              count(DISTINCT user_id) AS users
+                       FROM read_parquet($paths)
+                       GROUP BY GROUPING SETS ((deployment, week, action), (deployment, week))""",
+                    {"paths": paths},
+                ).fetchall()
+            )
+
+        part("bare", bare)
         info = f"{len(rows)} rows"
     else:
         raise ValueError(f"unknown figure {name!r}")
-    seconds = time.perf_counter() - t0
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return {
-        "seconds": seconds,
-        "cpu_seconds": usage.ru_utime + usage.ru_stime - cpu0,
-        "peak_rss_mib": usage.ru_maxrss / 1024,
-        "info": info,
-    }
+    return {"parts": parts, "info": info}
 
 
-def measure(name: str, root: Path, days: int) -> dict:
-    """One figure in a child process: its time and the child's own peak RSS."""
+def measure(name: str, root: Path, days: int, start: dt.date | None = None) -> dict:
+    from renku_metrics_tests.bench_data import START
+
+    """One figure in a child process: its parts' times and the child's own peak RSS."""
     out = subprocess.run(
         [
             sys.executable,
@@ -150,6 +179,8 @@ def measure(name: str, root: Path, days: int) -> dict:
             str(root),
             "--days",
             str(days),
+            "--start",
+            (start or START).isoformat(),
         ],
         check=True,
         capture_output=True,
@@ -158,34 +189,12 @@ def measure(name: str, root: Path, days: int) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def _line(label: str, fig: dict) -> str:
-    extra = f"  ({fig['info']})" if fig.get("info") else ""
+def _line(label: str, fig: dict, info: str = "") -> str:
+    extra = f"  ({info})" if info else ""
     return (
         f"{label:<62} {fig['seconds']:8.2f} s (CPU {fig['cpu_seconds']:7.2f} s)  "
         f"peak RSS {fig['peak_rss_mib']:6.0f} MiB{extra}"
     )
-
-
-def _forget_week(root: Path, week: dt.date) -> None:
-    """Make ``week`` new to the derived state, as if just extracted: the next run reads its manifests and raw
-    files, rebuilds its user weeks and folds it into first seen, exactly what a weekly run does."""
-    import pyarrow.parquet as pq
-
-    from renku_metrics.core import activity
-    from renku_metrics.core.layout import day_index_key, first_seen_key, user_weeks_key
-
-    days = {(week + dt.timedelta(days=i)).isoformat() for i in range(7)}
-    for dep in (f"bench{i}" for i in range(DEPLOYMENTS)):
-        (root / user_weeks_key(dep, week)).unlink(missing_ok=True)
-        index_path = root / day_index_key(dep)
-        index = json.loads(index_path.read_text())
-        index["days"] = {d: v for d, v in index["days"].items() if d not in days}
-        index_path.write_text(json.dumps(index))
-        seen_path = root / first_seen_key(dep)
-        table = pq.read_table(seen_path)
-        meta = json.loads(table.schema.metadata[activity._META])
-        meta["days"] = {d: v for d, v in meta["days"].items() if d not in days}
-        pq.write_table(activity._with_meta(table, meta), seen_path, compression="zstd")
 
 
 def _hold_out(root: Path, holdout: Path, week: dt.date, back: bool = False) -> None:
@@ -201,51 +210,102 @@ def _hold_out(root: Path, holdout: Path, week: dt.date, back: bool = False) -> N
             os.replace(src, dst)
 
 
-def scale_figures(root: Path, days: int) -> None:
-    """The figures of issue 'scale': per-run costs, history growth, full-history recompute."""
+def _last_days(root: Path, dest: Path, start: dt.date, end: dt.date) -> None:
+    """``dest``: a store holding the days ``start`` .. ``end`` (exclusive) of ``root``'s raw history (hard links)."""
+    from renku_metrics.core.layout import raw_events_key
+    from renku_metrics.core.periods import days_between
+
+    for dep in range(DEPLOYMENTS):
+        for day in days_between(start, end):
+            day_dir = Path(raw_events_key(f"bench{dep}", day)).parent
+            (dest / day_dir).mkdir(parents=True)
+            for f in (root / day_dir).iterdir():
+                os.link(f, dest / day_dir / f.name)
+
+
+def _as_last_week_left_it(root: Path, days: int, start: dt.date) -> dict:
+    """Delete ``state/`` and rebuild it from raw without the newest week, as last week's runs left
+    it: the weekly run measured next finds its week new. Returns the measured build."""
     import shutil
 
-    d = _dates(days)
-    figs = {}
-    shutil.rmtree(root / "state", ignore_errors=True)
+    d = _dates(days, start)
+    for derived in ("state", "metrics"):
+        shutil.rmtree(root / derived, ignore_errors=True)
     with tempfile.TemporaryDirectory(prefix="renku-metrics-holdout-", dir=root.parent) as holdout:
-        # The derived state as last week's runs left it: everything but the newest week.
         _hold_out(root, Path(holdout), d["week"])
         try:
-            figs["state_build"] = measure("state_build", root, days)
+            return measure("state_build", root, days, start)
         finally:
             _hold_out(root, Path(holdout), d["week"], back=True)
-    print(_line("derived state from raw, whole history but the last week", figs["state_build"]), flush=True)
-    for name, label in (
-        ("aggregate_week", "one week's aggregate_period (weekly schedule)"),
-        ("stickiness_month", "one month's stickiness"),
-        ("lifecycle_week", "one week's lifecycle, 3 years of history"),
-        ("lifecycle_week_1y", "one week's lifecycle, 1 year of history"),
-        ("retention_week", "one cohort week's retention, 3 years of history"),
-        ("retention_week_1y", "one cohort week's retention, 1 year of history"),
-        ("recompute_weeks", "full-history recompute, every week (aggregate_periods)"),
-        ("bare_duckdb", "bare DuckDB query: distinct users per deployment, week, action"),
-    ):
-        # Each engagement figure is a weekly run: the newest week it looks at is new to the state.
-        if name == "lifecycle_week_1y":
-            _forget_week(root, d["year1_week"])
-        elif name == "retention_week":
-            _forget_week(root, d["week"])
-        elif name == "retention_week_1y":
-            _forget_week(root, d["year1_cohort"] + dt.timedelta(weeks=8))
-        figs[name] = measure(name, root, days)
-        print(_line(label, figs[name]), flush=True)
-    ratio = lambda a, b: figs[a]["seconds"] / figs[b]["seconds"]  # noqa: E731
-    print(f"lifecycle 3 years / 1 year of history: {ratio('lifecycle_week', 'lifecycle_week_1y'):.2f} (~1 = flat)")
-    print(f"retention 3 years / 1 year of history: {ratio('retention_week', 'retention_week_1y'):.2f} (~1 = flat)")
+            # The week arrives as the extract writes it: with its notes in the raw-change log.
+            from renku_metrics.core.activity import record_raw_change
+            from renku_metrics.core.storage import LocalStorage
+
+            for dep in range(DEPLOYMENTS):
+                record_raw_change(
+                    LocalStorage(root), f"bench{dep}", [d["week"] + dt.timedelta(days=i) for i in range(7)]
+                )
+
+
+def scale_figures(root: Path, days: int) -> None:
+    """The figures of issue 'scale': per-run costs, history growth, full-history recompute."""
+    from renku_metrics_tests.bench_data import START
+
+    # The same last weeks measured twice: after the whole (3-year) history, and in a store that
+    # holds only their last year (hard links to the same files): the same events and users, so
+    # the difference is the length of the history behind them.
+    year = 364  # 52 weeks
+    end = START + dt.timedelta(days=days)
+    year_start = end - dt.timedelta(days=year)
+    runs: dict[str, dict] = {}
+    with tempfile.TemporaryDirectory(prefix="renku-metrics-1y-", dir=root.parent) as one_year:
+        one_year_root = Path(one_year) / "data"
+        _last_days(root, one_year_root, year_start, end)
+        for label, store, span, first in (("3y", root, days, START), ("1y", one_year_root, year, year_start)):
+            built = _as_last_week_left_it(store, span, first)
+            print(
+                _line(
+                    f"[{label}] derived state from raw, all but the last week", built["parts"]["state"], built["info"]
+                )
+            )
+            for run in ("weekly_run", "monthly_run"):
+                fig = measure(run, store, span, first)
+                runs[f"{run}_{label}"] = fig["parts"]
+                what = "week" if run == "weekly_run" else "month"
+                for part_name, part_fig in fig["parts"].items():
+                    print(_line(f"[{label}] {what}ly run: {part_name} of one {what}", part_fig), flush=True)
+    recompute = measure("recompute_weeks", root, days)
+    bare = measure("bare_duckdb", root, days)
     print(
-        f"lifecycle / weekly aggregate: {ratio('lifecycle_week', 'aggregate_week'):.2f}, "
-        f"retention / weekly aggregate: {ratio('retention_week', 'aggregate_week'):.2f}"
+        _line(
+            "full-history recompute, every week (aggregate_periods)", recompute["parts"]["recompute"], recompute["info"]
+        )
     )
-    cpu = figs["recompute_weeks"]["cpu_seconds"] / figs["bare_duckdb"]["cpu_seconds"]
+    print(_line("bare DuckDB query: distinct users per deployment, week, action", bare["parts"]["bare"], bare["info"]))
+
+    def sec(run: str, part_name: str) -> float:
+        return runs[run][part_name]["seconds"]
+
+    w3, w1, m3, m1 = "weekly_run_3y", "weekly_run_1y", "monthly_run_3y", "monthly_run_1y"
+    for part_name in ("aggregate", "lifecycle", "retention"):
+        print(
+            f"weekly {part_name}, 3 years / 1 year of history: {sec(w3, part_name) / sec(w1, part_name):.2f} (~1 = flat)"
+        )
+    for part_name in ("aggregate", "lifecycle", "stickiness"):
+        print(
+            f"monthly {part_name}, 3 years / 1 year of history: {sec(m3, part_name) / sec(m1, part_name):.2f} (~1 = flat)"
+        )
     print(
-        f"full-history recompute / bare DuckDB query: {ratio('recompute_weeks', 'bare_duckdb'):.2f} "
-        f"(CPU time {cpu:.2f}; target <= 1.2)"
+        f"3 years: weekly lifecycle / weekly aggregate: {sec(w3, 'lifecycle') / sec(w3, 'aggregate'):.2f}, "
+        f"retention / weekly aggregate: {sec(w3, 'retention') / sec(w3, 'aggregate'):.2f} (target <= 2)"
+    )
+    peak = max(p["peak_rss_mib"] for fig in runs.values() for p in fig.values())
+    print(f"largest peak RSS of a weekly or monthly run: {peak:.0f} MiB (bound: 2048)")
+    r, b = recompute["parts"]["recompute"], bare["parts"]["bare"]
+    print(
+        f"full-history recompute / bare DuckDB query: {r['seconds'] / b['seconds']:.2f} "
+        f"(CPU time {r['cpu_seconds'] / b['cpu_seconds']:.2f}; target <= 1.2), "
+        f"peak RSS {r['peak_rss_mib']:.0f} vs {b['peak_rss_mib']:.0f} MiB"
     )
     print("(wall times depend on what else the machine runs; CPU times less so)")
 
@@ -354,12 +414,15 @@ def main() -> None:
     parser.add_argument("--figure")
     parser.add_argument("--root")
     parser.add_argument("--days", type=int, default=DAYS)
+    parser.add_argument("--start", type=dt.date.fromisoformat, default=None)
     args = parser.parse_args()
     if args.figure == "backfill_sample":
         print(json.dumps(_backfill_sample(args.root, args.days)))
         return
     if args.figure:
-        print(json.dumps(_figure(args.figure, args.root, args.days)))
+        from renku_metrics_tests.bench_data import START
+
+        print(json.dumps(_figure(args.figure, args.root, args.days, args.start or START)))
         return
     personal_data_figures()
 

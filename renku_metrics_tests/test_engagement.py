@@ -33,6 +33,7 @@ from dagster import AssetKey, DagsterInstance, materialize
 
 from renku_metrics import read_lifecycle, read_retention, read_stickiness
 from renku_metrics.core import engagement
+from renku_metrics.core.activity import record_raw_change
 from renku_metrics.core.aggregate import coverage_for
 from renku_metrics.core.config import Deployment, MetricsConfig
 from renku_metrics.core.events import (
@@ -44,6 +45,7 @@ from renku_metrics.core.events import (
     validate_events,
 )
 from renku_metrics.core.layout import day_of_key, manifest_key, metrics_key, raw_events_key
+from renku_metrics.core.periods import days_between
 from renku_metrics.core.sources.demo import Settings as DemoSettings
 from renku_metrics.core.storage import LocalStorage
 from renku_metrics.defs.engagement.assets import (
@@ -125,6 +127,14 @@ def write_day(storage, name: str, day: dt.date, users: list[str], complete: bool
             },
         },
     )
+    record_raw_change(storage, name, [day])  # as the extract notes every day it writes
+
+
+def delete_day(storage, name: str, day: dt.date) -> None:
+    """A day no longer extracted (its objects removed, the removal noted as the extract notes writes)."""
+    storage.delete(manifest_key(name, day))
+    storage.delete(raw_events_key(name, day))
+    record_raw_change(storage, name, [day])
 
 
 def write_history(storage, dep: Deployment, activity: dict[str, list[dt.date]], last: dt.date, incomplete=()) -> None:
@@ -252,8 +262,7 @@ def test_lifecycle_history_edges(storage):
 
 
 def test_lifecycle_counts_missing_history_days(storage):
-    storage.delete(manifest_key("alpha", D(2025, 2, 4)))  # t(4) no longer extracted
-    storage.delete(raw_events_key("alpha", D(2025, 2, 4)))
+    delete_day(storage, "alpha", D(2025, 2, 4))  # t(4) no longer extracted
     frame = engagement.lifecycle(storage, [ALPHA], "week", [W[5], W[6]], NOW, warmup_weeks=4)
     w5 = row(frame, "alpha", W[5])
     assert counts(w5) == (4, 1, 0, 3, 0)  # without t(4), u1 looks resurrected and u4 never existed
@@ -538,8 +547,7 @@ def test_state_kept_incrementally_gives_the_numbers_of_a_fresh_run(storage, tmp_
     later = [d for d in (D(2025, 3, 3) + dt.timedelta(days=i) for i in range(56)) if d <= LAST_DAY]
     for day in later:
         for dep in ("alpha", "beta"):
-            storage.delete(manifest_key(dep, day))
-            storage.delete(raw_events_key(dep, day))
+            delete_day(storage, dep, day)
     early_now = dt.datetime(2025, 3, 3, 6, tzinfo=dt.timezone.utc)
     _views(storage, [ALPHA, BETA], early_now)
     assert storage.exists("state/first_seen/deployment=alpha/first_seen.parquet")
@@ -578,6 +586,18 @@ def test_damaged_state_is_rebuilt(storage, tmp_path):
     _assert_same(_views(storage, [ALPHA, BETA]), expected)
 
 
+def copy_days(source, target, days) -> None:
+    """Copy the raw days ``days`` of every deployment, noting them as the extract does."""
+    wanted = set(days)
+    touched: dict[str, set[dt.date]] = {}
+    for key in source.list_keys("raw_events/"):
+        if day_of_key(key) in wanted:
+            target.write_bytes(key, source.read_bytes(key))
+            touched.setdefault(key.split("/")[1].removeprefix("deployment="), set()).add(day_of_key(key))
+    for name, changed in touched.items():
+        record_raw_change(target, name, changed)
+
+
 def test_weekly_run_on_s3_reads_only_the_new_week_of_raw_data(built_history, tmp_path, s3_endpoint, s3_bucket):
     from renku_metrics.core.storage import S3Storage, open_storage
 
@@ -593,16 +613,12 @@ def test_weekly_run_on_s3_reads_only_the_new_week_of_raw_data(built_history, tmp
     s3 = CountingS3(open_storage(f"s3://{s3_bucket}/metrics", endpoint_url=s3_endpoint))
     local = LocalStorage(built_history)
     new_week = [W[10] + dt.timedelta(days=i) for i in range(7)]
-    for key in local.list_keys("raw_events/"):
-        if day_of_key(key) < W[10]:
-            s3.write_bytes(key, local.read_bytes(key))
+    copy_days(local, s3, days_between(D(2024, 1, 1), W[10]))
     before = dt.datetime(2025, 3, 17, 6, tzinfo=dt.timezone.utc)
     engagement.lifecycle(s3, [ALPHA, BETA], "week", W[9], before, warmup_weeks=4)
     engagement.retention(s3, [ALPHA, BETA], W[1], before, warmup_weeks=4)
     # Week W10 is extracted; the weekly runs of lifecycle and retention follow.
-    for key in local.list_keys("raw_events/"):
-        if day_of_key(key) in new_week:
-            s3.write_bytes(key, local.read_bytes(key))
+    copy_days(local, s3, new_week)
     s3.read.clear()
     after = dt.datetime(2025, 3, 24, 6, tzinfo=dt.timezone.utc)
     life = engagement.lifecycle(s3, [ALPHA, BETA], "week", W[10], after, warmup_weeks=4)
@@ -610,10 +626,11 @@ def test_weekly_run_on_s3_reads_only_the_new_week_of_raw_data(built_history, tmp
     raw_read = {k for k in s3.read if k.startswith("raw_events/")}
     assert raw_read, "the new week must be read"
     assert {day_of_key(k) for k in raw_read} <= set(new_week), sorted(raw_read)
+    fresh = _fresh(local, tmp_path, "fresh")  # the shared history stays without derived state
     pd.testing.assert_frame_equal(
-        life, engagement.lifecycle(local, [ALPHA, BETA], "week", W[10], after, warmup_weeks=4)
+        life, engagement.lifecycle(fresh, [ALPHA, BETA], "week", W[10], after, warmup_weeks=4)
     )
-    pd.testing.assert_frame_equal(ret, engagement.retention(local, [ALPHA, BETA], W[2], after, warmup_weeks=4))
+    pd.testing.assert_frame_equal(ret, engagement.retention(fresh, [ALPHA, BETA], W[2], after, warmup_weeks=4))
 
 
 def test_retention_of_the_running_cohort_week(storage):
@@ -657,14 +674,10 @@ def test_weekly_aggregate_stores_the_user_weeks_the_engagement_runs_read(
     s3 = CountingS3(open_storage(f"s3://{s3_bucket}/byproduct", endpoint_url=s3_endpoint))
     local = LocalStorage(built_history)
     new_week = [W[10] + dt.timedelta(days=i) for i in range(7)]
-    for key in local.list_keys("raw_events/"):
-        if day_of_key(key) < W[10]:
-            s3.write_bytes(key, local.read_bytes(key))
+    copy_days(local, s3, days_between(D(2024, 1, 1), W[10]))
     before = dt.datetime(2025, 3, 17, 6, tzinfo=dt.timezone.utc)
     engagement.lifecycle(s3, [ALPHA, BETA], "week", W[9], before, warmup_weeks=4)
-    for key in local.list_keys("raw_events/"):
-        if day_of_key(key) in new_week:
-            s3.write_bytes(key, local.read_bytes(key))
+    copy_days(local, s3, new_week)
     after = dt.datetime(2025, 3, 24, 6, tzinfo=dt.timezone.utc)
     aggregate_period(s3, [ALPHA, BETA], load_catalog(), "week", W[10], after)
     stored = pq.read_table(io.BytesIO(s3.read_bytes(user_weeks_key("alpha", W[10]))))
@@ -700,3 +713,77 @@ def test_user_weeks_of_the_aggregate_go_stale_when_a_day_is_reextracted(storage,
         after,
         engagement.lifecycle(_fresh(storage, tmp_path, "fresh"), [ALPHA], "week", [W[2], W[4]], NOW, warmup_weeks=4),
     )
+
+
+# --------------------------------------------------------------------------- the raw-change log
+
+
+class _ListingStorage(LocalStorage):
+    """A local storage that records the prefixes it lists versions of."""
+
+    def __init__(self, root) -> None:
+        super().__init__(root)
+        self.listed: list[str] = []
+
+    def list_versions(self, prefix: str) -> dict[str, str]:
+        self.listed.append(prefix)
+        return super().list_versions(prefix)
+
+
+def test_day_index_lists_only_the_days_the_change_log_names(storage):
+    from renku_metrics.core.activity import load_day_index
+
+    # No derived state yet. The notes written with the hand-built history are read by the first use's
+    # full listing anyway; removed, they stand for notes older than CHANGE_MARGIN (re-read until then).
+    shutil.rmtree(storage.path / "state", ignore_errors=True)
+    counted = _ListingStorage(storage.path)
+    first = load_day_index(counted, ALPHA)  # no index yet: one listing of the whole history
+    assert counted.listed == ["raw_events/deployment=alpha/"]
+    counted.listed.clear()
+    assert load_day_index(counted, ALPHA) == first and counted.listed == []  # nothing changed: no listing
+    write_day(counted, "alpha", t(2), [U[1], U[4]])  # re-extracted, noted in the change log
+    updated = load_day_index(counted, ALPHA)
+    assert counted.listed == ["raw_events/deployment=alpha/date=2025-01-"]  # only that day's month
+    assert updated[t(2)][0] != first[t(2)][0]
+    assert {d: r for d, r in updated.items() if d != t(2)} == {d: r for d, r in first.items() if d != t(2)}
+    # The same as an index built from scratch by listing everything.
+    shutil.rmtree(storage.path / "state")
+    assert updated == load_day_index(storage, ALPHA)
+
+
+def test_a_change_noted_late_is_still_seen(storage):
+    """A note whose stamp lies before the index's last use (a writer's clock behind, or a note that
+    became visible late) is read again at the next use, as long as it is within CHANGE_MARGIN."""
+    from renku_metrics.core.activity import CHANGE_MARGIN, list_day_versions, load_day_index
+
+    load_day_index(storage, ALPHA)
+    write_day(storage, "alpha", t(3), [U[2]])
+    late = dt.datetime.now(dt.timezone.utc) - CHANGE_MARGIN / 2
+    # Only a late note for this change: remove the one write_day made on time.
+    for key in storage.list_keys("state/raw_changes/deployment=alpha/"):
+        if f"_{t(3).isoformat()}_" in key:
+            storage.delete(key)
+    record_raw_change(storage, "alpha", [t(3)], at=late)
+    index = load_day_index(storage, ALPHA)
+    assert index[t(3)][0] == list_day_versions(storage, "alpha", [t(3)])[t(3)]
+
+
+def test_the_extract_notes_every_day_it_rewrites(tmp_path):
+    """extract_day notes the day it writes and the later days it takes repeated records from:
+    an index kept up to date from the notes equals one built by listing everything."""
+    from renku_metrics.core.activity import load_day_index
+    from renku_metrics.core.extract import extract_day
+
+    root = tmp_path / "data"
+    store = LocalStorage(root)
+    dep = deployment("gamma", D(2025, 1, 6))
+    days = [D(2025, 1, 6) + dt.timedelta(days=i) for i in range(10)]
+    for day in days[3:]:
+        extract_day(store, dep, day, env={})
+    before = load_day_index(store, dep)
+    for day in days[:4]:  # earlier days extracted late (a backfill), and one day again
+        extract_day(store, dep, day, env={})
+    kept = load_day_index(store, dep)
+    assert set(kept) == set(days) and kept[days[3]][0] != before[days[3]][0]
+    shutil.rmtree(root / "state")
+    assert kept == load_day_index(store, dep)

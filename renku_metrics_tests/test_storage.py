@@ -45,6 +45,24 @@ def test_roundtrip_list_replace_delete(storage):
         assert os.path.exists(paths[0])
 
 
+def test_list_keys_after_a_position(storage):
+    keys = [
+        "log/2025-01-01/20250101T100000Z_a",
+        "log/2025-01-01/20250101T120000Z_b",
+        "log/2025-01-02/20250102T080000Z_c",
+        "log/2025-01-10/20250110T080000Z_d",
+        "logbook/x",
+    ]
+    for key in keys:
+        storage.write_bytes(key, b"")
+    assert storage.list_keys("log/") == keys[:4]
+    assert storage.list_keys("log/", start_after="log/2025-01-01/20250101T110000Z") == keys[1:4]
+    assert storage.list_keys("log/", start_after="log/2025-01-01/20250101T120000Z_b") == keys[2:4]
+    assert storage.list_keys("log/", start_after="log/2025-01-05/") == keys[3:4]
+    assert storage.list_keys("log/", start_after="log/2025-02") == []
+    assert storage.list_keys("log/", start_after="a") == keys[:4]
+
+
 def test_s3_layout_is_under_prefix(s3_endpoint, s3_bucket):
     storage = open_storage(f"s3://{s3_bucket}/team/metrics", endpoint_url=s3_endpoint)
     storage.write_bytes("raw_events/x.parquet", b"data")

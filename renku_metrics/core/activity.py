@@ -37,6 +37,7 @@ import datetime as dt
 import hashlib
 import json
 import os
+import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
@@ -46,12 +47,16 @@ import pyarrow as pa
 from renku_metrics.core.config import Deployment
 from renku_metrics.core.coverage import DeploymentDays, day_status
 from renku_metrics.core.layout import (
+    changed_day_of_key,
     day_index_key,
     day_of_key,
     first_seen_key,
     is_events_key,
     is_manifest_key,
     manifest_key,
+    raw_change_key,
+    raw_change_mark,
+    raw_changes_prefix,
     raw_events_key,
     raw_events_prefix,
     user_weeks_key,
@@ -170,31 +175,80 @@ USER_DAYS_SQL = "CAST(bit_or(CAST(1 AS UTINYINT) << CAST(isodow(CAST({ts} AS DAT
 USER_FIRST_DAY_SQL = "min(CAST({ts} AS DATE))"
 
 
-def load_day_index(storage: Storage, deployment: Deployment) -> dict[dt.date, DayRecord]:
-    """Every stored day of the deployment (with a manifest), refreshed from the listing."""
-    name = deployment.name
-    current = day_versions(storage.list_versions(raw_events_prefix(name)))
+# How far back a day index re-reads the raw-change log at each use: a change note is
+# written before a day's objects are replaced and again after, so a note older than this
+# (by the reader's clock) describes writes that have ended, even with clocks an hour apart.
+CHANGE_MARGIN = dt.timedelta(hours=1)
 
-    stored: dict[dt.date, DayRecord] = {}
+
+def record_raw_change(
+    storage: Storage, deployment: str, days: Iterable[dt.date], at: dt.datetime | None = None
+) -> None:
+    """Note in the deployment's raw-change log that ``days`` are being (or were) rewritten.
+
+    Every writer of raw days (the extract) calls this before it replaces a day's objects
+    and again after: the day index learns of changed days from these notes instead of
+    listing the whole history. One empty object per day; keys never collide.
+    """
+    at = at or dt.datetime.now(dt.timezone.utc)
+    token = uuid.uuid4().hex[:12]
+    for day in sorted(set(days)):
+        storage.write_bytes(raw_change_key(deployment, at, day, token), b"")
+
+
+def _read_day_index(storage: Storage, name: str) -> tuple[dict[dt.date, DayRecord], str | None]:
+    """The stored index and its mark in the raw-change log ({} and None when missing or unreadable)."""
     try:
         raw = storage.read_json(day_index_key(name))
-        if raw.get("format") == STATE_FORMAT:
-            stored = {dt.date.fromisoformat(d): (v, bool(e), list(n)) for d, (v, e, n) in raw["days"].items()}
+        if raw.get("format") != STATE_FORMAT:
+            return {}, None
+        days = {dt.date.fromisoformat(d): (v, bool(e), list(n)) for d, (v, e, n) in raw["days"].items()}
+        mark = raw.get("changes_seen")
+        return days, mark if isinstance(mark, str) else None
     except (FileNotFoundError, ValueError, KeyError, TypeError, AttributeError):
-        stored = {}
-    index: dict[dt.date, DayRecord] = {}
-    for day, version in sorted(current.items()):
+        return {}, None
+
+
+def load_day_index(storage: Storage, deployment: Deployment) -> dict[dt.date, DayRecord]:
+    """Every stored day of the deployment (with a manifest), brought up to date.
+
+    Without a stored index (or one without a mark in the raw-change log), from one listing
+    of the deployment's raw keys. With one, only the days named in the raw-change log after
+    its mark are listed again (their months): a run's cost does not grow with the number of
+    days stored. Days whose version changed have their manifest read again.
+    """
+    name = deployment.name
+    started = dt.datetime.now(dt.timezone.utc)
+    stored, mark = _read_day_index(storage, name)
+    changed: set[dt.date] = set()
+    if mark is None:
+        current = day_versions(storage.list_versions(raw_events_prefix(name)))
+        index: dict[dt.date, DayRecord] = {}
+    else:
+        prefix = raw_changes_prefix(name)
+        changed = {changed_day_of_key(k) for k in storage.list_keys(prefix, start_after=prefix + mark)}
+        if not changed:
+            return stored  # nothing noted since the mark: nothing to list, nothing to write
+        current = list_day_versions(storage, name, changed)
+        index = {d: r for d, r in stored.items() if d not in changed}
+    for day, version in current.items():
         known = stored.get(day)
         if known is not None and known[0] == version:
             index[day] = known
         else:
             has_events, notes = day_status(Manifest.read_key(storage, manifest_key(name, day)))
             index[day] = (version, has_events, notes)
-    if index != stored:
-        storage.write_json(
-            day_index_key(name),
-            {"format": STATE_FORMAT, "days": {d.isoformat(): list(r) for d, r in index.items()}},
-        )
+    index = dict(sorted(index.items()))
+    # Written when a day changed: notes written from an hour before this listing on are read
+    # again next time (when nothing changed, the same few notes are simply read again).
+    new_mark = max(mark or "", raw_change_mark(started - CHANGE_MARGIN))
+    if index != stored or mark is None:
+        document = {
+            "format": STATE_FORMAT,
+            "changes_seen": new_mark,
+            "days": {d.isoformat(): list(r) for d, r in index.items()},
+        }
+        storage.write_bytes(day_index_key(name), json.dumps(document, separators=(",", ":")).encode())
     return index
 
 

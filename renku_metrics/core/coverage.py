@@ -6,6 +6,7 @@ Plain Python, no Dagster.
 
 from __future__ import annotations
 
+import bisect
 import datetime as dt
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -136,6 +137,7 @@ class DeploymentDays:
 
     deployment: Deployment
     manifests: dict[dt.date, DayStatus]  # day -> (has events, incomplete-source notes)
+    _sorted: tuple[list[dt.date], list[dt.date]] | None = field(default=None, repr=False, compare=False)
 
     @classmethod
     def load(cls, storage: Storage, deployment: Deployment, until: dt.date) -> DeploymentDays:
@@ -163,10 +165,16 @@ class DeploymentDays:
         return coverage_from_days(self.deployment, self.manifests, start, end, today)
 
     def _gaps(self, start: dt.date, end: dt.date) -> tuple[int, int]:
-        days = days_between(start, end) if start < end else []
-        missing = sum(1 for d in days if d not in self.manifests)
-        incomplete = sum(1 for d in days if d in self.manifests and self.manifests[d][1])
-        return missing, incomplete
+        """(days not extracted, days with incomplete sources) in [start, end): two binary searches
+        each, so a period's history costs the same after years of days as after a few."""
+        if start >= end:
+            return 0, 0
+        if self._sorted is None:
+            self._sorted = (sorted(self.manifests), sorted(d for d, (_, notes) in self.manifests.items() if notes))
+        stored, incomplete = self._sorted
+        present = bisect.bisect_left(stored, end) - bisect.bisect_left(stored, start)
+        flagged = bisect.bisect_left(incomplete, end) - bisect.bisect_left(incomplete, start)
+        return (end - start).days - present, flagged
 
     def history(self, before: dt.date, warmup_weeks: int = HISTORY_WARMUP_WEEKS) -> HistoryStatus:
         start_date = self.deployment.start_date

@@ -28,6 +28,7 @@ from typing import Any
 import pandas as pd
 import pyarrow.parquet as pq
 
+from renku_metrics.core.activity import record_raw_change
 from renku_metrics.core.config import Deployment
 from renku_metrics.core.errors import ConfigError
 from renku_metrics.core.events import (
@@ -296,12 +297,17 @@ def extract_day(
     ekey, wkey = raw_events_key(deployment.name, day), withheld_key(deployment.name, day)
     if withheld:
         kept_ids = set()
+    later_days = recent_ids.later_days_holding(day, kept_ids)
+    # The raw-change log, before and after the writes: the engagement state's day index reads
+    # the days it names instead of listing every stored day (renku_metrics.core.activity).
+    touched = [day, *later_days]
+    record_raw_change(storage, deployment.name, touched)
+    if withheld:
         storage.write_parquet(wkey, to_arrow(valid.map(redact_personal)))
         storage.delete(ekey)
     else:
         storage.write_parquet(ekey, table)
         storage.delete(wkey)
-    later_days = recent_ids.later_days_holding(day, kept_ids)
     rkey = rejected_key(deployment.name, day)
     if rejected:
         storage.write_bytes(rkey, ("\n".join(_rejected_line(r) for r in rejected) + "\n").encode())
@@ -336,6 +342,7 @@ def extract_day(
     for later, ids in sorted(later_days.items()):
         taken += _give_up_to_earlier_day(storage, deployment.name, later, ids)
         recent_ids.remove(later, ids)
+    record_raw_change(storage, deployment.name, touched)
     return DayExtract(
         deployment=deployment.name,
         day=day,

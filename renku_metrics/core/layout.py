@@ -18,6 +18,10 @@ Under the storage root (a local directory or ``s3://bucket/prefix``)::
                                                                   derived: users active in the ISO week,
                                                                   with a bitmask of their days
     state/first_seen/deployment=<name>/first_seen.parquet          derived: each user's first day seen
+    state/raw_changes/deployment=<name>/YYYY-MM-DD/<stamp>_<day>_<token>
+                                                                  empty: written by the extract around
+                                                                  every write of a raw day (the day
+                                                                  index reads those after its mark)
 
 Plain Python, no Dagster.
 """
@@ -99,3 +103,22 @@ def user_weeks_key(deployment: str, week: dt.date) -> str:
 
 def first_seen_key(deployment: str) -> str:
     return f"{STATE_PREFIX}first_seen/deployment={deployment}/first_seen.parquet"
+
+
+def raw_changes_prefix(deployment: str) -> str:
+    return f"{STATE_PREFIX}raw_changes/deployment={deployment}/"
+
+
+def raw_change_mark(at: dt.datetime) -> str:
+    """A position in a deployment's raw-change log (relative to its prefix): keys sort by time."""
+    at = at.astimezone(dt.timezone.utc)
+    return f"{at:%Y-%m-%d}/{at:%Y%m%dT%H%M%S%f}Z"
+
+
+def raw_change_key(deployment: str, at: dt.datetime, day: dt.date, token: str) -> str:
+    """The change note of ``day``, written at ``at`` (``token`` keeps concurrent writers apart)."""
+    return f"{raw_changes_prefix(deployment)}{raw_change_mark(at)}_{day.isoformat()}_{token}"
+
+
+def changed_day_of_key(key: str) -> dt.date:
+    return dt.date.fromisoformat(key.rsplit("/", 1)[-1].split("_")[1])

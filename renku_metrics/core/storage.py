@@ -72,8 +72,8 @@ class Storage(ABC):
     def exists(self, key: str) -> bool: ...
 
     @abstractmethod
-    def list_keys(self, prefix: str) -> list[str]:
-        """All keys under ``prefix``, sorted."""
+    def list_keys(self, prefix: str, start_after: str | None = None) -> list[str]:
+        """All keys under ``prefix`` (only those sorting after ``start_after``, if given), sorted."""
 
     @abstractmethod
     def list_versions(self, prefix: str) -> dict[str, str]:
@@ -175,11 +175,12 @@ class LocalStorage(Storage):
     def exists(self, key: str) -> bool:
         return self._file(key).is_file()
 
-    def list_keys(self, prefix: str) -> list[str]:
-        return sorted(self._walk(prefix))
+    def list_keys(self, prefix: str, start_after: str | None = None) -> list[str]:
+        return sorted(self._walk(prefix, start_after))
 
-    def _walk(self, prefix: str) -> dict[str, str]:
-        """{key: local path} of the files under ``prefix`` (scandir on strings: fast over many days)."""
+    def _walk(self, prefix: str, start_after: str | None = None) -> dict[str, str]:
+        """{key: local path} of the files under ``prefix`` (scandir on strings: fast over many days),
+        only keys after ``start_after`` when given (directories that cannot hold one are not entered)."""
         base = self._file(prefix)
         start = base if base.is_dir() else base.parent
         if not start.exists():
@@ -195,11 +196,14 @@ class LocalStorage(Storage):
                     if entry.is_dir(follow_symlinks=False):
                         # Only directories that can hold keys under the prefix (a month's days, not all).
                         below = f"{relative}/{entry.name}/" if relative else f"{entry.name}/"
-                        if below.startswith(prefix) or prefix.startswith(below):
-                            pending.append(entry.path)
+                        if not (below.startswith(prefix) or prefix.startswith(below)):
+                            continue
+                        if start_after is not None and below < start_after and not start_after.startswith(below):
+                            continue  # every key in it sorts before start_after
+                        pending.append(entry.path)
                     elif not entry.name.startswith(".tmp-"):
                         key = f"{relative}/{entry.name}" if relative else entry.name
-                        if key.startswith(prefix):
+                        if key.startswith(prefix) and (start_after is None or key > start_after):
                             found[key] = entry.path
         return found
 
@@ -293,12 +297,13 @@ class S3Storage(Storage):
                 return False
             raise self._fail("lookup", key, exc) from exc
 
-    def list_keys(self, prefix: str) -> list[str]:
+    def list_keys(self, prefix: str, start_after: str | None = None) -> list[str]:
         keys = []
         strip = len(self.prefix) + 1 if self.prefix else 0
+        after = {"StartAfter": self._key(start_after)} if start_after is not None else {}
         try:
             paginator = self.client.get_paginator("list_objects_v2")
-            for page in paginator.paginate(Bucket=self.bucket, Prefix=self._key(prefix)):
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=self._key(prefix), **after):
                 keys.extend(obj["Key"][strip:] for obj in page.get("Contents", []))
         except Exception as exc:
             raise self._fail("listing", prefix, exc) from exc

@@ -27,6 +27,7 @@ import pandas as pd
 from dagster import (
     AssetCheckResult,
     AssetCheckSpec,
+    AssetDep,
     AssetExecutionContext,
     AssetKey,
     AssetMaterialization,
@@ -48,7 +49,7 @@ from renku_metrics.defs.engagement.checks import (
     check_retention,
     check_stickiness,
 )
-from renku_metrics.defs.keys import OWNERS, raw_events_deps
+from renku_metrics.defs.keys import OWNERS, active_users_name, raw_events_deps
 from renku_metrics.defs.metadata import PER_PERIOD_BACKFILL, markdown_table, partition_metadata
 from renku_metrics.defs.partitions import period_partitions, period_starts
 from renku_metrics.defs.resources import MetricsStorageResource
@@ -177,7 +178,9 @@ def _build(
     partitions = period_partitions(period, config.earliest_start)
     first_start = dt.date.fromisoformat(partitions.get_first_partition_key())
     key = AssetKey(name)
-    deps = raw_events_deps(config.deployments)
+    # After the period's aggregate in the same run: the weekly aggregate stores each week's user sets
+    # (state/user_weeks) as a by-product of its scan, which these assets then read instead of raw events.
+    deps = [*raw_events_deps(config.deployments), AssetDep(active_users_name(period))]
 
     @asset(
         key=key,
@@ -250,8 +253,10 @@ def build_engagement_assets(config: MetricsConfig) -> dict[str, list[AssetsDefin
     history_read = (
         "Depends on more than the period's own days (first seen needs the whole history): reads the derived "
         "state under state/ (each user's first seen day and the weekly user sets, kept current from raw events "
-        "at every run, so a run's cost does not grow with history); the dependency on raw events is declared "
-        "only for the period's days, so after backfilling older days, rematerialize these partitions."
+        "at every run, so a run's cost does not grow with history; the weekly aggregate of the same run stores "
+        "its week's user sets as it scans them, so a weekly run reads no raw events here); the dependency on raw "
+        "events is declared only for the period's days, so after backfilling older days, rematerialize these "
+        "partitions."
     )
     history_flag = (
         f"`history_complete` is false unless at least {warmup} weeks of gap-free history (every day extracted, "
