@@ -11,7 +11,7 @@ PG_USER ?= renku_metrics
 PG_PASSWORD ?= renku_metrics
 PG_DB ?= renku_metrics_test
 
-.PHONY: install demo dev test lint pg benchmark clean prod-local
+.PHONY: install demo dev test lint pg benchmark benchmark-extract clean prod-local
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -66,6 +66,13 @@ prod-local: install pg
 EVENTS ?= 2000000
 benchmark: install
 	$(PY) -m renku_metrics_tests.benchmarks --events $(EVENTS)
+
+# The raw events asset on a history that `make benchmark BENCH_DATA=<dir>` kept there (only
+# read): one daily run after 3 years and after 1 year of history, and a 30-day range run,
+# with times and peak RSS.
+benchmark-extract: install
+	@test -n "$(BENCH_DATA)" || { echo "usage: make benchmark-extract BENCH_DATA=<dir of a generated history>"; exit 2; }
+	$(PY) -m renku_metrics_tests.bench_extract --root $(BENCH_DATA)
 
 clean:
 	rm -rf data .dagster_home .prod_local

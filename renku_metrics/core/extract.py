@@ -21,11 +21,14 @@ import datetime as dt
 import io
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from renku_metrics.core.activity import record_raw_change
@@ -98,33 +101,40 @@ class RecentEventIds:
     D, and takes the ids D now holds away from the stored days after D. So the
     store does not depend on the order in which days are extracted.
 
-    Keeps what it has read (one listing of the stored days, then each day's ids
-    once), so a run over many days, in any order, reads each day once.
+    Keeps what it has read (one listing per calendar month of the window, then each
+    day's ids once), so a run over many days, in any order, reads each day once.
+    What a day's extraction reads and holds does not grow with the history: the
+    months within ``lookback_days`` of the day are listed, never the whole
+    deployment, and only the days within ``lookback_days + 1`` of the last day
+    extracted are kept, each as one Arrow string array (about 40 bytes an id, not
+    a Python set of strings), matched exactly in Arrow's hash tables.
     """
 
     def __init__(self, storage: Storage, deployment: str, lookback_days: int = DEDUP_LOOKBACK_DAYS) -> None:
         self.storage = storage
         self.deployment = deployment
         self.lookback_days = lookback_days
-        self._by_day: dict[dt.date, set[str]] = {}
-        self._stored: set[dt.date] | None = None
+        self._by_day: dict[dt.date, pa.Array] = {}
+        self._months: dict[str, set[dt.date]] = {}  # "YYYY-MM-": its days that have an events object
 
-    def _stored_days(self) -> set[dt.date]:
-        if self._stored is None:
-            self._stored = {
-                day_of_key(key)
-                for key in self.storage.list_keys(raw_events_prefix(self.deployment))
-                if is_events_key(key)
-            }
-        return self._stored
+    def _month(self, day: dt.date) -> set[dt.date]:
+        """The stored days of ``day``'s calendar month (one listing of that month, then kept up to date)."""
+        month = day.strftime("%Y-%m-")
+        if month not in self._months:
+            keys = self.storage.list_keys(f"{raw_events_prefix(self.deployment)}date={month}")
+            self._months[month] = {day_of_key(key) for key in keys if is_events_key(key)}
+        return self._months[month]
 
-    def _load(self, day: dt.date) -> set[str]:
+    def _is_stored(self, day: dt.date) -> bool:
+        return day in self._month(day)
+
+    def _load(self, day: dt.date) -> pa.Array:
         if day not in self._by_day:
-            ids: set[str] = set()
-            if day in self._stored_days():
+            ids = _id_array(())
+            if self._is_stored(day):
                 key = raw_events_key(self.deployment, day)
                 table = pq.read_table(io.BytesIO(self.storage.read_bytes(key)), columns=["event_id"])
-                ids = set(table.column("event_id").to_pylist())
+                ids = _id_array(table.column("event_id"))
             self._by_day[day] = ids
         return self._by_day[day]
 
@@ -133,34 +143,61 @@ class RecentEventIds:
         for old in [d for d in self._by_day if not day - reach <= d <= day + reach]:
             del self._by_day[old]
 
-    def before(self, day: dt.date) -> set[str]:
-        """Ids stored on the ``lookback_days`` days before ``day``."""
+    def _holding(self, days: list[dt.date], ids: pa.Array) -> dict[dt.date, pa.Array]:
+        """{day: the ``ids`` it stores}, for those of ``days`` that store any (one hash table of ``ids``)."""
+        if not len(ids):
+            return {}
+        held = [(d, self._load(d)) for d in days]
+        held = [(d, stored) for d, stored in held if len(stored)]
+        if not held:
+            return {}
+        found = pc.is_in(pa.chunked_array([stored for _, stored in held], type=pa.string()), value_set=ids)
+        found = found.to_numpy(zero_copy_only=False)
+        out, at = {}, 0
+        for d, stored in held:
+            mask = found[at : at + len(stored)]
+            at += len(stored)
+            if mask.any():
+                out[d] = stored.filter(pa.array(mask))
+        return out
+
+    def repeated_before(self, day: dt.date, ids: Iterable[str] | pa.Array | pa.ChunkedArray) -> np.ndarray:
+        """For each of ``ids``, whether one of the ``lookback_days`` days before ``day`` stores it."""
         self._prune(day)
-        ids: set[str] = set()
-        for back in range(1, self.lookback_days + 1):
-            ids |= self._load(day - dt.timedelta(days=back))
-        return ids
+        ids = _id_array(ids)
+        earlier = [day - dt.timedelta(days=back) for back in range(1, self.lookback_days + 1)]
+        held = self._holding(earlier, ids)
+        if not held:
+            return np.zeros(len(ids), dtype=bool)
+        return pc.is_in(ids, value_set=pa.concat_arrays(list(held.values()))).to_numpy(zero_copy_only=False)
 
-    def later_days_holding(self, day: dt.date, ids: set[str]) -> dict[dt.date, set[str]]:
+    def later_days_holding(
+        self, day: dt.date, ids: Iterable[str] | pa.Array | pa.ChunkedArray
+    ) -> dict[dt.date, set[str]]:
         """{later day: the ``ids`` it stores}, for the stored days within ``lookback_days`` after ``day``."""
-        found = {}
-        for ahead in range(1, self.lookback_days + 1):
-            later = day + dt.timedelta(days=ahead)
-            if later in self._stored_days():
-                common = self._load(later) & ids
-                if common:
-                    found[later] = common
-        return found
+        later = [day + dt.timedelta(days=ahead) for ahead in range(1, self.lookback_days + 1)]
+        held = self._holding([d for d in later if self._is_stored(d)], _id_array(ids))
+        return {d: set(common.to_pylist()) for d, common in held.items()}
 
-    def add(self, day: dt.date, ids: set[str], published: bool = True) -> None:
-        self._by_day[day] = set(ids)
+    def add(self, day: dt.date, ids: Iterable[str] | pa.Array | pa.ChunkedArray, published: bool = True) -> None:
+        self._by_day[day] = _id_array(ids)
         if published:
-            self._stored_days().add(day)
+            self._month(day).add(day)
         else:
-            self._stored_days().discard(day)
+            self._month(day).discard(day)
 
-    def remove(self, day: dt.date, ids: set[str]) -> None:
-        self._by_day[day] = self._load(day) - ids
+    def remove(self, day: dt.date, ids: Iterable[str] | pa.Array | pa.ChunkedArray) -> None:
+        stored = self._load(day)
+        self._by_day[day] = stored.filter(pc.invert(pc.is_in(stored, value_set=_id_array(ids))))
+
+
+def _id_array(ids: Iterable[str] | pa.Array | pa.ChunkedArray) -> pa.Array:
+    """Event ids as one Arrow string array."""
+    if isinstance(ids, pa.ChunkedArray):
+        ids = ids.combine_chunks() if ids.num_chunks != 1 else ids.chunk(0)
+    elif not isinstance(ids, pa.Array):
+        ids = pa.array(list(ids), type=pa.string())
+    return ids.cast(pa.string())
 
 
 def _give_up_to_earlier_day(storage: Storage, deployment: str, later: dt.date, ids: set[str]) -> int:
@@ -285,18 +322,16 @@ def extract_day(
     # branch, then fast-forwarded onto master by someone else): the earliest day wins,
     # whatever order the days are extracted in.
     recent_ids = recent_ids if recent_ids is not None else RecentEventIds(storage, deployment.name)
-    earlier = recent_ids.before(day)
-    # A set lookup per row: pandas' isin would rebuild the (large) lookup on every call.
-    repeated = pd.Series([e in earlier for e in valid["event_id"].tolist()], index=valid.index, dtype=bool)
+    repeated = recent_ids.repeated_before(day, pa.array(valid["event_id"], type=pa.string()))
     valid = valid[~repeated].reset_index(drop=True)
-    kept_ids = set(valid["event_id"])
     table = to_arrow(valid)
+    kept_ids = table.column("event_id")
     # Blocking checks before anything is published: a failing day is withheld.
     checks = table_violations(table, day.isoformat())
     withheld = any(checks.values())
     ekey, wkey = raw_events_key(deployment.name, day), withheld_key(deployment.name, day)
     if withheld:
-        kept_ids = set()
+        kept_ids = pa.chunked_array([], type=pa.string())
     later_days = recent_ids.later_days_holding(day, kept_ids)
     # The raw-change log, before and after the writes: the engagement state's day index reads
     # the days it names instead of listing every stored day (renku_metrics.core.activity).
