@@ -1,11 +1,15 @@
 """Derived activity state: what the engagement views read instead of the raw history.
 
-Three kinds of small objects per deployment (keys in ``renku_metrics.core.layout``):
+Four kinds of small objects per deployment (keys in ``renku_metrics.core.layout``):
 
 * **day index** (``state/days/...``): for every stored day, the version of its
-  manifest and events objects (from one listing, ``Storage.list_versions``), whether
-  it has events and its incomplete-source notes. Only days whose version changed
-  since the index was written have their manifest read again.
+  manifest and events objects, whether it has events and its incomplete-source
+  notes, and a mark in the raw-change log. Without an index, from one listing of
+  the deployment's raw keys (``Storage.list_versions``); with one, only the days
+  named in the raw-change log after its mark are listed again (their months),
+  and only days whose version changed have their manifest read again.
+* **raw-change log** (``state/raw_changes/...``): one empty object per day the
+  extract rewrites, written before and after the write (``record_raw_change``).
 * **user weeks** (``state/user_weeks/.../week=<Monday>/``): the users active in one
   ISO week (every user, excluded ones too: exclusions are applied when reading),
   with a 7-bit mask of their active days and their first day in the week. Built
@@ -18,16 +22,19 @@ Validity is checked against the day index at every use, never assumed: a user
 week whose signature differs from its days' current versions is rebuilt from
 raw (7 days); first seen folds in days that are new since it was written (a
 minimum is monotone under additions) and is rebuilt from the user weeks when a
-day it used was re-extracted or removed, or ``start_date`` moved later. Nothing
-here depends on ``excluded_users``, which is applied when reading, so changing
+day it used was re-extracted or removed, or ``start_date`` moved later. The day
+index itself is as current as the raw-change log: raw files changed by anything
+but the extract (a restore, a manual fix) need ``state/`` deleted. Nothing here
+depends on ``excluded_users``, which is applied when reading, so changing
 exclusions needs no rebuild. Deleting ``state/`` is always safe: the next run
-rebuilds what it needs from raw events (one scan of the history).
+rebuilds what it needs from raw events (one listing and one scan of the history).
 
-Cost of a weekly run: one listing of the deployment's raw keys and the day index
-(both metadata, about 100 bytes per day of history), first seen (about 40 bytes
-per user ever seen), the user weeks it needs (a few, each about the size of one
-week's distinct users), and the raw files of days not yet folded in. Plain
-Python, no Dagster.
+Cost of a weekly run: the notes written since the last run and a listing of
+their months, the day index (about 100 bytes per day of history), first seen
+(about 40 bytes per user ever seen), the user weeks it needs (a few, each about
+the size of one week's distinct users; the weekly aggregate stores its week's as
+a by-product) and the raw files of days not yet folded in. Plain Python, no
+Dagster.
 """
 
 from __future__ import annotations

@@ -32,11 +32,13 @@ days as a bitmask) of the weeks involved. A weekly run of ``lifecycle`` reads
 the user weeks of the period and the previous one plus first seen; ``retention``
 first seen plus the 8 later user weeks; ``stickiness`` the user weeks overlapping
 the month. Only the raw files of days not yet folded into the state are read
-(the days just extracted). So a run's cost and the bytes it downloads from S3
-do not grow with the length of history, apart from the listing and day index
-(metadata, about 100 bytes per stored day) and first seen (about 40 bytes per
-user ever seen). The first run after deleting ``state/`` reads the whole
-history once.
+(the days just extracted), and none when the weekly aggregate of the run
+already stored their week. The day index learns of changed days from the
+raw-change log the extract writes, not from a listing of every day. So a run's
+cost and the bytes it downloads from S3 do not grow with the length of history,
+apart from the day index (metadata, about 100 bytes per stored day) and first
+seen (about 40 bytes per user ever seen). The first run after deleting
+``state/`` lists and reads the whole history once.
 """
 
 from __future__ import annotations
