@@ -3,25 +3,28 @@
 Generates a synthetic history in the stored layout in a temporary directory
 (5 deployments x 1,092 daily files with manifests, md5-hex user ids, 20,000
 users per deployment at 100 million events; see bench_data.py) and prints, each
-measured in a fresh child process with its own peak RSS:
+measured in a fresh child process with its own peak RSS and CPU time:
 
-* one week's ``aggregate_period`` (what the weekly schedule runs);
 * the derived engagement state (``renku_metrics.core.activity``) built from raw
   for the whole history but its last week (what a first run after deleting
-  ``state/`` costs);
-* one month's ``stickiness``, and one week's ``lifecycle`` and one cohort week's
-  ``retention`` as weekly runs (the week they look at is new to the state) after
-  3 years and after 1 year of history (the ratio shows whether a run grows with
-  history; ~1 = flat);
+  ``state/`` costs), which leaves the state as last week's runs left it;
+* a weekly run as the weekly job runs it, in one process: the week's
+  ``aggregate_period`` (which stores the week's user sets), then ``lifecycle``,
+  then ``retention`` (the new cohort and the 8 it refreshes); and a monthly run
+  (aggregate, lifecycle, stickiness);
+* both after the whole 3-year history and in a store holding only its last year
+  (hard links to the same files): the same weeks, so the ratio shows whether a
+  run grows with the length of history (~1 = flat);
 * the full-history recompute of every week (``aggregate_periods``) against the
   bare DuckDB query (distinct users per deployment, ISO week and action, plus
   active users, over all files at once) and their ratio;
-* a 3-year backfill of the weekly and monthly assets from the UI, one run per
-  period (156 + 36 runs): sample runs of each job and the start-up of a run
-  process, measured, and the total they add up to.
+* an estimate of a 3-year backfill of the weekly and monthly assets from the UI,
+  one run per period (156 + 36 runs), from sample runs and the measured start-up
+  of a run process.
 
 ``EVENTS`` sets the scale (default 2,000,000), ``BENCH_DATA=<dir>`` reuses (or
-keeps) a generated history instead of a temporary one.
+keeps) a generated history instead of a temporary one (its ``state/`` and
+``metrics/`` are rebuilt; a temporary one-year store is made beside it).
 """
 
 from __future__ import annotations
