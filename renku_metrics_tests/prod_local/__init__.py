@@ -15,6 +15,12 @@ What the chart runs as pods, started here as processes wired the same way:
   (includeConfigInLaunchedRuns);
 - S3 is whatever ``s3_endpoint`` points at (moto's standalone server here).
 
+Without S3 (``s3_endpoint`` and ``logs_bucket`` None), the storage root is a
+local directory and run logs stay in the instance's directory (Dagster's local
+compute log manager): the same processes, for measuring them on one machine
+(``renku_metrics_tests/bench_backfill.py``) without an S3 stand-in taking its
+share of the CPU.
+
 Readiness is checked the way the chart's probes do: ``dagster api
 grpc-health-check`` for the code server, ``/server_info`` for the webserver,
 ``dagster-daemon liveness-check`` for the daemon.
@@ -61,20 +67,31 @@ def image_command(port: int) -> list[str]:
 
 
 def instance_yaml(
-    pg: Mapping[str, Any], s3_endpoint: str, logs_bucket: str, run_env: Mapping[str, str], overrides: Mapping
+    pg: Mapping[str, Any],
+    s3_endpoint: str | None,
+    logs_bucket: str | None,
+    run_env: Mapping[str, str],
+    overrides: Mapping,
 ) -> dict:
-    """The repository's dagster.yaml plus the chart's additions (see the module docstring)."""
+    """The repository's dagster.yaml plus the chart's additions (see the module docstring).
+    Without ``logs_bucket``, run logs stay local (Dagster's default compute log manager)."""
     config = yaml.safe_load((REPO / "dagster.yaml").read_text())
     config["run_launcher"] = {
         "module": "renku_metrics_tests.prod_local.launcher",
         "class": "ProcessRunLauncher",
         "config": {"env_vars": [f"{k}={v}" for k, v in sorted(run_env.items())]},
     }
-    config["compute_logs"] = {
-        "module": "dagster_aws.s3.compute_log_manager",
-        "class": "S3ComputeLogManager",
-        "config": {"bucket": logs_bucket, "prefix": "compute-logs", "endpoint_url": s3_endpoint, "use_ssl": False},
-    }
+    if logs_bucket:
+        config["compute_logs"] = {
+            "module": "dagster_aws.s3.compute_log_manager",
+            "class": "S3ComputeLogManager",
+            "config": {
+                "bucket": logs_bucket,
+                "prefix": "compute-logs",
+                "endpoint_url": s3_endpoint,
+                "use_ssl": False,
+            },
+        }
     for section, values in overrides.items():
         config[section] = {**config.get(section, {}), **values}
     return config
@@ -87,16 +104,19 @@ class ProdLocal:
         self,
         workdir: Path,
         pg: Mapping[str, Any],
-        s3_endpoint: str,
+        s3_endpoint: str | None,
         storage: str,
-        logs_bucket: str,
+        logs_bucket: str | None,
         deployments_file: Path,
         secrets: Mapping[str, str] | None = None,
         instance_overrides: Mapping[str, Mapping] | None = None,
+        ports: tuple[int, int] | None = None,
     ) -> None:
+        """``storage``: ``s3://bucket/prefix`` or a local directory; ``ports``: the code
+        server's and the webserver's (default: free ones)."""
         self.workdir = Path(workdir)
         self.home = self.workdir / "dagster_home"
-        self.code_port, self.web_port = free_port(), free_port()
+        self.code_port, self.web_port = ports or (free_port(), free_port())
         self.url = f"http://127.0.0.1:{self.web_port}"
         base = {
             k: v
@@ -122,7 +142,7 @@ class ProdLocal:
         self.code_only = {
             "RENKU_METRICS_DEPLOYMENTS": str(deployments_file),
             "RENKU_METRICS_STORAGE": storage,
-            "AWS_ENDPOINT_URL": s3_endpoint,
+            **({"AWS_ENDPOINT_URL": s3_endpoint} if s3_endpoint else {}),
             **(secrets or {}),
         }
         self.processes: dict[str, subprocess.Popen] = {}
@@ -228,6 +248,35 @@ class ProdLocal:
             """mutation($p: LaunchBackfillParams!) { launchPartitionBackfill(backfillParams: $p) {
                  __typename ... on LaunchBackfillSuccess { backfillId } ... on PythonError { message stack } } }""",
             {"p": params},
+        )["launchPartitionBackfill"]
+        if data["__typename"] != "LaunchBackfillSuccess":
+            raise RuntimeError(f"backfill not launched: {data}")
+        return data["backfillId"]
+
+    def launch_backfill_as_ui(
+        self, asset_keys: list[tuple[str, ...]], partitions: list[str], job: str | None = None
+    ) -> str:
+        """A backfill of ``partitions`` of ``asset_keys`` sent as the UI's *Materialize* dialog
+        sends it (Dagster 1.13, LaunchAssetChoosePartitionsDialog): the selected partition keys
+        and the tag ``dagster/from_ui``. With ``job`` (*Materialize all* on that job's page) the
+        job's partition set is named too, which makes it a job backfill; without, as from the
+        asset graph or catalog, an asset backfill."""
+        params: dict[str, Any] = {
+            "tags": [{"key": "dagster/from_ui", "value": "true"}],
+            "assetSelection": [{"path": list(key)} for key in asset_keys],
+            "partitionNames": list(partitions),
+            "fromFailure": False,
+        }
+        if job:
+            params["selector"] = {
+                "partitionSetName": f"{job}_partition_set",
+                "repositorySelector": {"repositoryLocationName": LOCATION, "repositoryName": "__repository__"},
+            }
+        data = self.graphql(
+            """mutation LaunchPartitionBackfill($backfillParams: LaunchBackfillParams!) {
+                 launchPartitionBackfill(backfillParams: $backfillParams) {
+                   __typename ... on LaunchBackfillSuccess { backfillId } ... on Error { message } } }""",
+            {"backfillParams": params},
         )["launchPartitionBackfill"]
         if data["__typename"] != "LaunchBackfillSuccess":
             raise RuntimeError(f"backfill not launched: {data}")

@@ -79,6 +79,7 @@ class ProcessRunLauncher(RunLauncher, ConfigurableClass):
         origin = run.job_code_origin
         if origin is None:
             raise ValueError(f"run {run.run_id} has no code origin: it cannot be started in its own process")
+        self._reap()
         args = ExecuteRunArgs(
             job_origin=origin, run_id=run.run_id, instance_ref=self._instance.get_ref(), set_exit_code_on_failure=True
         ).get_command_args()
@@ -90,6 +91,17 @@ class ProcessRunLauncher(RunLauncher, ConfigurableClass):
         self._instance.report_engine_event(
             f"Started run worker process {worker.pid} on {socket.gethostname()}", run, cls=self.__class__
         )
+
+    def _reap(self) -> None:
+        """Collects the exit status of run workers that ended (else each stays a zombie process
+        for the daemon's lifetime), and forgets those whose run is finished. A worker that ended
+        while its run did not is kept: the health check reports how it ended."""
+        for run_id, worker in list(self._workers.items()):
+            if worker.poll() is None:
+                continue
+            run = self._instance.get_run_by_id(run_id)
+            if run is None or run.is_finished:
+                self._workers.pop(run_id, None)
 
     def _pid(self, run: DagsterRun) -> int | None:
         pid = run.tags.get(PID_TAG)
