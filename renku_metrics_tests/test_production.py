@@ -64,6 +64,7 @@ def test_dagster_yaml_instance_heals(tmp_path, postgres_db, monkeypatch):
         # Only crashed run workers are retried as whole runs; asset failures retry inside the step.
         assert instance.run_retries_retry_on_asset_or_op_failure is False
         assert instance.get_concurrency_config().pool_config.default_pool_limit == 1
+        assert instance.run_coordinator.dequeue_interval_seconds == 1
     assert "killed pod is retried" not in (REPO / "dagster.yaml").read_text()
 
 
@@ -82,6 +83,8 @@ def test_helm_values_say_what_dagster_yaml_says():
     assert [dict(t) for t in conc["runs"]["tagConcurrencyLimits"]] == instance["concurrency"]["runs"][
         "tag_concurrency_limits"
     ]
+    queue = values["dagsterDaemon"]["runCoordinator"]["config"]["queuedRunCoordinator"]
+    assert queue == {"dequeueIntervalSeconds": instance["run_queue"]["dequeue_interval_seconds"]}
     assert values["runLauncher"]["type"] == "K8sRunLauncher"
     assert values["computeLogManager"]["type"] == "S3ComputeLogManager"
     [code] = values["dagster-user-deployments"]["deployments"]
