@@ -4,7 +4,8 @@
 ``benchmarks.py`` estimates this backfill from sample runs; this runs it. On
 this machine, through the processes of ``prod_local`` (the code server with the
 image's command, dagster-webserver, dagster-daemon, a PostgreSQL instance made
-from the repository's ``dagster.yaml`` with one process per run), it:
+from the repository's ``dagster.yaml`` with one process per run; the storage
+root and the run logs local, where production has S3), it:
 
 * reads the history under ``--root`` (a local storage root holding
   ``raw_events/`` as ``bench_data.generate`` writes it: 5 deployments
@@ -25,7 +26,9 @@ from the repository's ``dagster.yaml`` with one process per run), it:
   logs: how long after the launch the backfill daemon created the run, its
   wait in the run queue, from its launch to RUN_START (a process started, the
   code location loaded), its steps' own time, and what remains of
-  RUN_START..RUN_SUCCESS; and the sum of the steps' time against the wall time.
+  RUN_START..RUN_SUCCESS; and the sum of the steps' time against the wall time;
+* prints the CPU time the run workers, the daemon, the code server, the
+  webserver and PostgreSQL took meanwhile, and how busy the machine was.
 
 Derived data under ``--root`` (``state/``, ``metrics/``, ``reports/``) makes
 the runs cheaper than a first backfill: ``--fresh`` deletes them before
@@ -235,7 +238,7 @@ def report(runs: list[RunTimes], launched: float, completed: float, slots: int) 
     print(f"per run ({len(done)} runs; mean, median, max, sum):")
     rows = [
         ("backfill launch to run created", [r.created - launched for r in done]),
-        ("queue wait (created to dequeued)", [r.queue_wait for r in done]),
+        ("queue wait (enqueued to dequeued)", [r.queue_wait for r in done]),
         ("dequeued to RUN_START (process start, code load)", [r.launch_to_start for r in done]),
         ("steps' own time (STEP_START..STEP_SUCCESS)", [r.step_seconds for r in done]),
         ("remainder of RUN_START..RUN_SUCCESS", [r.remainder for r in done]),
