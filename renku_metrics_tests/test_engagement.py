@@ -598,8 +598,9 @@ def copy_days(source, target, days) -> None:
         record_raw_change(target, name, changed)
 
 
-def test_weekly_run_on_s3_reads_only_the_new_week_of_raw_data(built_history, tmp_path, s3_endpoint, s3_bucket):
-    from renku_metrics.core.storage import S3Storage, open_storage
+def _counting_s3(storage):
+    """The S3 storage ``storage``, recording every object it reads (``.read``)."""
+    from renku_metrics.core.storage import S3Storage
 
     class CountingS3(S3Storage):
         def __init__(self, inner: S3Storage) -> None:
@@ -610,7 +611,19 @@ def test_weekly_run_on_s3_reads_only_the_new_week_of_raw_data(built_history, tmp
             self.read.append(key)
             return super().read_bytes(key)
 
-    s3 = CountingS3(open_storage(f"s3://{s3_bucket}/metrics", endpoint_url=s3_endpoint))
+        @contextlib.contextmanager
+        def local_paths(self, keys):
+            self.read.extend(keys)
+            with super().local_paths(keys) as paths:
+                yield paths
+
+    return CountingS3(storage)
+
+
+def test_weekly_run_on_s3_reads_only_the_new_week_of_raw_data(built_history, tmp_path, s3_endpoint, s3_bucket):
+    from renku_metrics.core.storage import open_storage
+
+    s3 = _counting_s3(open_storage(f"s3://{s3_bucket}/metrics", endpoint_url=s3_endpoint))
     local = LocalStorage(built_history)
     new_week = [W[10] + dt.timedelta(days=i) for i in range(7)]
     copy_days(local, s3, days_between(D(2024, 1, 1), W[10]))
@@ -654,24 +667,9 @@ def test_weekly_aggregate_stores_the_user_weeks_the_engagement_runs_read(
     from renku_metrics.core.aggregate import aggregate_period
     from renku_metrics.core.catalog import load_catalog
     from renku_metrics.core.layout import user_weeks_key
-    from renku_metrics.core.storage import S3Storage, open_storage
+    from renku_metrics.core.storage import open_storage
 
-    class CountingS3(S3Storage):
-        def __init__(self, inner: S3Storage) -> None:
-            super().__init__(inner.bucket, inner.prefix, inner.client)
-            self.read: list[str] = []
-
-        def read_bytes(self, key: str) -> bytes:
-            self.read.append(key)
-            return super().read_bytes(key)
-
-        @contextlib.contextmanager
-        def local_paths(self, keys):
-            self.read.extend(keys)
-            with super().local_paths(keys) as paths:
-                yield paths
-
-    s3 = CountingS3(open_storage(f"s3://{s3_bucket}/byproduct", endpoint_url=s3_endpoint))
+    s3 = _counting_s3(open_storage(f"s3://{s3_bucket}/byproduct", endpoint_url=s3_endpoint))
     local = LocalStorage(built_history)
     new_week = [W[10] + dt.timedelta(days=i) for i in range(7)]
     copy_days(local, s3, days_between(D(2024, 1, 1), W[10]))
