@@ -73,21 +73,21 @@ def test_single_run_backfill_of_several_weeks(tmp_path, where, request, monkeypa
         "2025-03-10",
         "2025-03-17",
     }
-    # A range run's result carries only what is true of the whole run...
-    meta = materializations(weekly, "core_actions_weekly")[0].materialization.metadata
-    assert meta["run_rows"].value == 3 * 3 * 4  # weeks x (2 deployments + all) x metrics
-    assert meta["run_periods"].value == 3
-    assert ("2025-03-10", "demo") in {(r["period"], r["deployment"]) for r in table_rows(meta["run_table"])}
-    assert "dagster/row_count" not in meta and "demo/commit/users" not in meta
-    # ...and each partition's own numbers are observations of that partition.
-    observed = {
-        e.partition: e.asset_observation_data.asset_observation.metadata
-        for e in weekly.get_asset_observation_events()
-        if e.asset_key == AssetKey("core_actions_weekly")
-    }
-    assert set(observed) == {"2025-03-03", "2025-03-10", "2025-03-17"}
-    assert observed["2025-03-10"]["dagster/row_count"].value == 3 * 4
-    assert observed["2025-03-10"]["dagster/uri"].value.startswith(root if where == "s3" else str(tmp_path))
+    # Each partition of the range run carries its own period's numbers, nothing of the others.
+    own = {m.partition: m.materialization.metadata for m in materializations(weekly, "core_actions_weekly")}
+    metrics = read_metrics("week", storage=open_storage(root, endpoint_url=endpoint))
+    for week in ("2025-03-03", "2025-03-10", "2025-03-17"):
+        meta = own[week]
+        assert meta["period"].value == week
+        assert meta["dagster/row_count"].value == 3 * 4  # (2 deployments + all) x metrics
+        assert meta["dagster/uri"].value.startswith(root if where == "s3" else str(tmp_path))
+        assert {r["period"] for r in table_rows(meta["table"])} == {week}
+        rows = metrics[(metrics["period_start"] == dt.date.fromisoformat(week)) & (metrics["deployment"] == "demo")]
+        for r in rows.itertuples():
+            assert meta[f"demo/{r.metric}/users"].value == r.users
+        assert not any(k.startswith("run_") for k in meta)
+    # The weeks differ, so metadata copied across partitions would be caught above.
+    assert len({tuple(own[w][f"demo/{m}/users"].value for m in ("commit", "start_session")) for w in own}) == 3
     failed = [
         (c.asset_key, c.check_name, c.metadata)
         for c in weekly.get_asset_check_evaluations()
@@ -120,8 +120,8 @@ def test_single_run_backfill_of_several_weeks(tmp_path, where, request, monkeypa
     assert row["active_users"] == events["user_id"].nunique()
     assert row["users"] == events.loc[events["action"] == "commit", "user_id"].nunique()
     assert row["pct"] == pytest.approx(round(100 * row["users"] / row["active_users"], 2))
-    assert observed["2025-03-10"]["demo/commit/users"].value == row["users"]
-    assert observed["2025-03-10"]["demo/commit/pct"].value == pytest.approx(row["pct"])
+    assert own["2025-03-10"]["demo/commit/users"].value == row["users"]
+    assert own["2025-03-10"]["demo/commit/pct"].value == pytest.approx(row["pct"])
 
     # When read from S3, the notebook API resolves the endpoint from AWS_ENDPOINT_URL.
     if where == "s3":
@@ -218,9 +218,12 @@ def test_incomplete_source_window_fails_warning_check_and_marks_period(tmp_path,
     extract = run_range(defs, "alpha_daily_extract", "2025-03-03", "2025-03-09", instance)
     coverage = [c for c in extract.get_asset_check_evaluations() if c.check_name == "source_coverage"][0]
     assert not coverage.passed and coverage.severity.value == "WARN"
-    meta = materializations(extract, ["raw_events", "alpha"])[0].materialization.metadata
-    assert meta["run_incomplete_days"].value == 1
-    assert "expired" in meta["run_coverage_gaps"].value
+    # Only the incomplete day's own partition says so, in a run over the whole week.
+    own = {m.partition: m.materialization.metadata for m in materializations(extract, ["raw_events", "alpha"])}
+    assert len(own) == 7
+    assert [day for day, meta in own.items() if not meta["complete"].value] == ["2025-03-04"]
+    assert "expired" in own["2025-03-04"]["coverage_gaps"].value
+    assert "coverage_gaps" not in own["2025-03-05"]
     run_range(defs, "weekly_metrics", "2025-03-03", "2025-03-03", instance)
     metrics = read_metrics("week", storage=root)
     assert not metrics["complete"].any()

@@ -1,5 +1,6 @@
-"""What the UI shows per partition: one run per period, each partition's own numbers;
-one step for a period's denominator and core actions; coverage checks that fail."""
+"""What the UI shows per partition: each partition its own numbers, whether a run covers
+one period or a backfill's range; one step for a period's denominator and core
+actions; coverage checks that fail."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from dagster import AssetKey, AssetRecordsFilter, AssetSelection, DagsterInstanc
 
 from renku_metrics.core.readers import read_active_users, read_metrics
 from renku_metrics.definitions import build_defs
-from renku_metrics.defs.metadata import PER_PERIOD_BACKFILL, table_rows
+from renku_metrics.defs.metadata import PERIODS_PER_BACKFILL_RUN, table_rows
 
 from .helpers import ev, write_config
 from .test_assets import QUIET, demo_config, run_range
@@ -26,23 +27,37 @@ def latest_metadata(instance, key, partition):
     return records[0].asset_materialization.metadata
 
 
-def test_aggregate_and_engagement_assets_backfill_one_period_per_run():
+def test_aggregate_and_engagement_assets_backfill_a_quarter_per_run():
     defs = build_defs()
     graph = defs.resolve_asset_graph()
-    for key in ("active_users_weekly", "core_actions_weekly", "core_actions_monthly", "retention_weekly"):
+    assert PERIODS_PER_BACKFILL_RUN == {"week": 13, "month": 3}
+    for key, period in (
+        ("active_users_weekly", "week"),
+        ("core_actions_weekly", "week"),
+        ("lifecycle_weekly", "week"),
+        ("retention_weekly", "week"),
+        ("core_actions_monthly", "month"),
+        ("lifecycle_monthly", "month"),
+        ("stickiness_monthly", "month"),
+    ):
         policy = graph.get(AssetKey(key)).backfill_policy
-        assert policy == PER_PERIOD_BACKFILL and policy.max_partitions_per_run == 1, key
+        assert policy.max_partitions_per_run == PERIODS_PER_BACKFILL_RUN[period], key
 
 
-def test_per_period_runs_give_every_partition_its_own_numbers(tmp_path):
+@pytest.mark.parametrize("runs", ["one range run", "one run per week"])
+def test_every_partition_gets_its_own_numbers(tmp_path, runs):
     root = str(tmp_path / "data")
     defs = build_defs(config=demo_config(tmp_path), storage_root=root)
     instance = DagsterInstance.ephemeral()
     for name in ("demo", "demo_small"):
         assert run_range(defs, f"{name}_daily_extract", "2025-03-03", "2025-03-23", instance).success
-    job = defs.resolve_job_def("weekly_metrics")
-    for week in WEEKS:  # what a UI backfill of these three weeks launches
-        assert job.execute_in_process(instance=instance, partition_key=week, run_config=QUIET).success
+    if runs == "one range run":  # what a UI backfill of these three weeks launches
+        assert run_range(defs, "weekly_metrics", WEEKS[0], WEEKS[-1], instance).success
+        assert len(instance.get_runs()) == 3
+    else:  # what the weekly schedule launches, week after week
+        job = defs.resolve_job_def("weekly_metrics")
+        for week in WEEKS:
+            assert job.execute_in_process(instance=instance, partition_key=week, run_config=QUIET).success
 
     metrics = read_metrics("week", storage=root)
     active = read_active_users("week", storage=root)

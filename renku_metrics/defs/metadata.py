@@ -1,22 +1,21 @@
-"""Materialization metadata for runs that cover one partition or a range of them.
+"""Materialization metadata: every partition its own numbers, also in a run over a range.
 
-Dagster attaches the metadata of an asset's ``MaterializeResult`` to every
-partition the run covers (it cannot attach per-partition metadata in a
-single-run range: dagster-io/dagster issues 18123 and 21072). The aggregate and
-engagement assets therefore backfill one period per run (``PER_PERIOD_BACKFILL``):
-each run covers one partition and its result carries that period's own table and
-numbers, which the asset's Plots tab draws across partitions.
+A run may cover one partition or a range of them (a backfill launches a range
+per run, the CLI a ``--partition-range``). Metadata returned on the asset's
+``MaterializeResult`` would be copied to every partition of the range (the
+limitation of dagster-io/dagster issues 18123 and 21072), so the assets return
+none there: each partition's own figures are attached to that partition's
+materialization event with ``context.add_asset_metadata(..., partition_key=...)``
+(``own_metadata``), the way the asset's Plots tab and partition view read them.
 
-A run that still covers a range (a CLI ``--partition-range``, or the raw-events
-single-run backfills) records each partition's own numbers as an
-``AssetObservation`` of that partition, and its result carries what is true of
-the whole run (``run_*`` entries and a table with one row per partition).
+A backfill launches a quarter of periods per run (``period_backfill_policy``): 13
+weeks or 3 months. The run's cost is then mostly the periods' own work (one
+DuckDB scan for all of them), not a process start and code load per period.
 """
 
 from dagster import (
     AssetExecutionContext,
     AssetKey,
-    AssetObservation,
     BackfillPolicy,
     MetadataValue,
     TableColumn,
@@ -25,20 +24,29 @@ from dagster import (
     TableSchema,
 )
 
-# One run per period: a period aggregates in well under a second, and the jobs use
-# the in-process executor, so a run costs little more than its process start.
-PER_PERIOD_BACKFILL = BackfillPolicy.multi_run(max_partitions_per_run=1)
+# Periods per backfill run: a quarter. A three-year backfill through the UI is 12 weekly
+# and 12 monthly runs, not 192; each partition still gets its own metadata (own_metadata).
+PERIODS_PER_BACKFILL_RUN = {"week": 13, "month": 3}
 
 
-def partition_metadata(
-    context: AssetExecutionContext, key: AssetKey, per_partition: dict[str, dict], run_summary: dict
-) -> dict:
-    """The metadata for the run's MaterializeResult (logging observations in range runs)."""
-    if len(per_partition) == 1:
-        return next(iter(per_partition.values()))
+def period_backfill_policy(period: str) -> BackfillPolicy:
+    """The backfill policy of the assets partitioned by ``period`` ("week" or "month")."""
+    return BackfillPolicy.multi_run(max_partitions_per_run=PERIODS_PER_BACKFILL_RUN[period])
+
+
+def own_metadata(context: AssetExecutionContext, key: AssetKey, per_partition: dict[str, dict]) -> None:
+    """Attach each partition's own metadata to that partition's materialization in this run.
+
+    ``per_partition`` maps every partition key the run materializes for ``key`` to its
+    metadata; the run's ``MaterializeResult`` for ``key`` must then carry no metadata
+    (Dagster would add it to every partition).
+    """
+    covered = set(context.partition_keys)
+    unknown = sorted(set(per_partition) - covered)
+    if unknown:
+        raise ValueError(f"{key.to_user_string()}: metadata for partitions outside the run: {unknown}")
     for partition, metadata in per_partition.items():
-        context.log_event(AssetObservation(asset_key=key, partition=partition, metadata=metadata))
-    return run_summary
+        context.add_asset_metadata(metadata, asset_key=key, partition_key=partition)
 
 
 def _column_type(values: list) -> str:

@@ -12,10 +12,10 @@ Both tables of a period come from the same scan of the raw events
 rewrites both. Selecting either asset materializes both.
 
 Each period is one Parquet object under ``metrics/<asset>/period=YYYY-MM-DD/``,
-replaced whole on a rerun. A backfill launches one run per period
-(``BackfillPolicy.multi_run(1)``), so that every partition's materialization
-carries its own period's numbers (Dagster attaches a run's metadata to every
-partition the run covers).
+replaced whole on a rerun. A backfill launches a quarter of periods per run (13
+weeks or 3 months), aggregated from one scan of their daily files
+(``aggregate_periods``); every partition's materialization still carries its own
+period's numbers (``own_metadata``).
 """
 
 import pandas as pd
@@ -31,7 +31,7 @@ from dagster import (
     multi_asset,
 )
 
-from renku_metrics.core.aggregate import PeriodAggregate, aggregate_period
+from renku_metrics.core.aggregate import PeriodAggregate, aggregate_periods
 from renku_metrics.core.catalog import Catalog, metric_description
 from renku_metrics.core.config import MetricsConfig
 from renku_metrics.core.layout import metrics_key
@@ -48,7 +48,7 @@ from renku_metrics.defs.aggregates.checks import (
 )
 from renku_metrics.defs.clock import run_now
 from renku_metrics.defs.keys import OWNERS, active_users_name, core_actions_name, raw_events_deps
-from renku_metrics.defs.metadata import PER_PERIOD_BACKFILL, markdown_table, partition_metadata
+from renku_metrics.defs.metadata import markdown_table, own_metadata, period_backfill_policy
 from renku_metrics.defs.partitions import period_partitions, period_starts
 from renku_metrics.defs.resources import MetricsStorageResource
 
@@ -118,18 +118,6 @@ def _core_metadata(storage: Storage, table: str, frame: pd.DataFrame) -> dict:
     return meta
 
 
-def _run_summary(frames: list[pd.DataFrame], markdown) -> dict:
-    """What is true of a whole range run: periods covered and every period's rows in one table
-    (each partition's own numbers are observations of that partition)."""
-    return {
-        "run_periods": len(frames),
-        "run_first_period": str(frames[0]["period_start"].iloc[0]),
-        "run_last_period": str(frames[-1]["period_start"].iloc[0]),
-        "run_rows": sum(len(f) for f in frames),
-        "run_table": markdown_table(markdown(pd.concat(frames, ignore_index=True))),
-    }
-
-
 def _check_results(key: AssetKey, results: dict[str, tuple[bool, dict]]) -> list[AssetCheckResult]:
     return [
         AssetCheckResult(asset_key=key, check_name=name, passed=bool(passed), metadata=meta)
@@ -156,8 +144,9 @@ def build_metric_assets(config: MetricsConfig, catalog: Catalog, period: str) ->
     targets = target_checks(catalog, period)
     together = (
         "Computed in the same step and from the same scan as `{other}`, so the two never disagree; "
-        "materializing one materializes both. A backfill runs one period per run, so each partition's "
-        "metadata (its table and the numbers plotted in the Plots tab) is its own period's."
+        "materializing one materializes both. A backfill runs a quarter of periods per run (13 weeks or 3 "
+        "months) from one scan; each partition's metadata (its table and the numbers plotted in the Plots tab) "
+        "is still its own period's."
     )
 
     @multi_asset(
@@ -198,7 +187,7 @@ def build_metric_assets(config: MetricsConfig, catalog: Catalog, period: str) ->
             ),
         ],
         partitions_def=partitions,
-        backfill_policy=PER_PERIOD_BACKFILL,
+        backfill_policy=period_backfill_policy(period),
         can_subset=False,
         check_specs=[
             *_specs(active_key, ACTIVE_CHECKS),
@@ -216,8 +205,9 @@ def build_metric_assets(config: MetricsConfig, catalog: Catalog, period: str) ->
         now = run_now(context)  # the wall clock, or the run tag renku_metrics/now
         today = now.date()
         active_frames, core_frames, coverage = [], [], []
-        for start in period_starts(context, period):
-            result = aggregate_period(storage, config.deployments, catalog, period, start, now)
+        # The run's periods (one, or a backfill's quarter) from one scan of their daily files.
+        results = aggregate_periods(storage, config.deployments, catalog, period, period_starts(context, period), now)
+        for start, result in sorted(results.items()):
             core = with_denominator(result)
             # Denominator first: a crash in between leaves the core table of the previous
             # run, which a rerun (same scan for both) replaces.
@@ -253,20 +243,18 @@ def build_metric_assets(config: MetricsConfig, catalog: Catalog, period: str) ->
                     metadata=res.metadata,
                 )
             )
-        active_meta = partition_metadata(
+        own_metadata(
             context,
             active_key,
             {str(f["period_start"].iloc[0]): _active_metadata(storage, active_key.path[-1], f) for f in active_frames},
-            _run_summary(active_frames, _markdown_active),
         )
-        core_meta = partition_metadata(
+        own_metadata(
             context,
             core_key,
             {str(f["period_start"].iloc[0]): _core_metadata(storage, core_key.path[-1], f) for f in core_frames},
-            _run_summary(core_frames, markdown_core),
         )
-        yield MaterializeResult(asset_key=active_key, metadata=active_meta, check_results=active_checks)
-        yield MaterializeResult(asset_key=core_key, metadata=core_meta, check_results=core_checks)
+        yield MaterializeResult(asset_key=active_key, check_results=active_checks)
+        yield MaterializeResult(asset_key=core_key, check_results=core_checks)
 
     return [aggregate]
 

@@ -9,9 +9,9 @@
 
 Definitions are in ``renku_metrics.core.engagement`` and docs/engagement.md. Each
 period is one Parquet object under ``metrics/<asset>/period=YYYY-MM-DD/``,
-replaced whole on a rerun. Like the other aggregates, a backfill runs one
-period per run, so each partition's materialization carries its own numbers (a
-run that covers a range, e.g. from the CLI, records them as observations).
+replaced whole on a rerun. Like the other aggregates, a backfill runs a quarter
+of periods per run (13 weeks or 3 months), and each partition's materialization
+carries its own numbers (``own_metadata``), also in a run over a range.
 
 Retention rows only become final when W+8 has ended, so a run for cohort weeks
 [a, b] also recomputes the 8 cohorts before ``a`` (whose later weeks have just
@@ -50,7 +50,7 @@ from renku_metrics.defs.engagement.checks import (
     check_stickiness,
 )
 from renku_metrics.defs.keys import OWNERS, active_users_name, raw_events_deps
-from renku_metrics.defs.metadata import PER_PERIOD_BACKFILL, markdown_table, partition_metadata
+from renku_metrics.defs.metadata import markdown_table, own_metadata, period_backfill_policy
 from renku_metrics.defs.partitions import period_partitions, period_starts
 from renku_metrics.defs.resources import MetricsStorageResource
 
@@ -186,7 +186,7 @@ def _build(
         key=key,
         partitions_def=partitions,
         deps=deps,
-        backfill_policy=PER_PERIOD_BACKFILL,
+        backfill_policy=period_backfill_policy(period),
         group_name=GROUP,
         owners=OWNERS,
         kinds={"duckdb", "parquet"},
@@ -225,22 +225,12 @@ def _build(
                     metadata=own(start),
                 )
             )
-        per_period = {start.isoformat(): own(start) for start in requested}
-        summary = {
-            "run_periods": len(requested),
-            "run_first_period": requested[0].isoformat(),
-            "run_last_period": requested[-1].isoformat(),
-            "run_rows": int((frame["period_start"] >= requested[0]).sum()),
-            "run_table": markdown_table(markdown(frame[frame["period_start"] >= requested[0]])),
-        }
-        if extra:
-            summary["refreshed_cohorts"] = f"{extra[0]}..{extra[-1]}"
-        meta = partition_metadata(context, key, per_period, summary)
+        own_metadata(context, key, {start.isoformat(): own(start) for start in requested})
         results = [
             AssetCheckResult(check_name=n, passed=bool(passed), metadata=m)
             for n, (passed, m) in evaluate(frame, config).items()
         ]
-        return MaterializeResult(metadata=meta, check_results=results)
+        return MaterializeResult(check_results=results)
 
     return _asset
 

@@ -2,11 +2,9 @@
 
 Key ``["raw_events", <deployment>]`` (shown as ``raw_events/<deployment>``). Each
 UTC day is its own Parquet object; rerunning a day replaces it. A single-run
-backfill policy makes a year's backfill one run that loops over the days (Dagster
-cannot attach per-partition metadata in such a run: its metadata summarises the
-range, with ``summary``, a table of every day's counts shown inline in the UI; each
-day's own figures are also an observation of that day's partition, and are in its
-manifest).
+backfill policy makes a year's backfill one run that loops over the days; each
+day's partition still gets its own figures (``own_metadata``), which are also in
+the day's manifest.
 """
 
 import datetime as dt
@@ -29,10 +27,9 @@ from renku_metrics.core.config import Deployment
 from renku_metrics.core.errors import ConfigError
 from renku_metrics.core.events import ACTIONS
 from renku_metrics.core.extract import DayExtract, RecentEventIds, build_sources, extract_day
-from renku_metrics.core.layout import rejected_prefix
 from renku_metrics.core.storage import Storage
 from renku_metrics.defs.keys import OWNERS, raw_events_asset_key
-from renku_metrics.defs.metadata import markdown_table, partition_metadata
+from renku_metrics.defs.metadata import own_metadata
 from renku_metrics.defs.partitions import daily_partitions
 from renku_metrics.defs.raw_events.checks import BLOCKING_CHECKS, RAW_EVENT_CHECKS
 from renku_metrics.defs.resources import MetricsStorageResource
@@ -75,34 +72,6 @@ def _day_metadata(storage: Storage, extract: DayExtract) -> dict:
     if extract.incomplete:
         meta["coverage_gaps"] = MetadataValue.md("\n".join(f"- {g}" for g in extract.incomplete))
     return meta
-
-
-def _run_summary(storage: Storage, deployment: Deployment, extracts: list[DayExtract]) -> dict:
-    """What is true of the whole run: days covered, totals and a per-day table."""
-    table = [
-        "| day | events | users | " + " | ".join(ACTIONS) + " | rejected | complete |",
-        "|" + " --- |" * (len(ACTIONS) + 5),
-    ]
-    for e in extracts:  # every day of the run: each day's own counts, readable in the UI
-        counts = " | ".join(str(e.by_action.get(a, 0)) for a in ACTIONS)
-        table.append(
-            f"| {e.day} | {e.row_count} | {e.users} | {counts} | {e.rejected_count} | {'yes' if e.complete else 'NO'} |"
-        )
-    summary = {
-        "run_days": len(extracts),
-        "run_first_day": extracts[0].day.isoformat(),
-        "run_last_day": extracts[-1].day.isoformat(),
-        "run_events": sum(e.row_count for e in extracts),
-        "run_rejected_records": sum(e.rejected_count for e in extracts),
-        "run_incomplete_days": sum(1 for e in extracts if not e.complete),
-        "summary": markdown_table("\n".join(table)),
-    }
-    gaps = [f"{e.day}: {note}" for e in extracts for note in e.incomplete]
-    if gaps:
-        summary["run_coverage_gaps"] = MetadataValue.md("\n".join(f"- {g}" for g in gaps[:50]))
-    if summary["run_rejected_records"]:
-        summary["run_rejected_prefix"] = MetadataValue.path(storage.uri(rejected_prefix(deployment.name)))
-    return summary
 
 
 def build_raw_events_asset(deployment: Deployment) -> AssetsDefinition:
@@ -172,12 +141,7 @@ def build_raw_events_asset(deployment: Deployment) -> AssetsDefinition:
                 },
             )
         )
-        metadata = partition_metadata(
-            context,
-            key,
-            {e.day.isoformat(): _day_metadata(storage, e) for e in extracts},
-            _run_summary(storage, deployment, extracts),
-        )
-        return MaterializeResult(metadata=metadata, check_results=results)
+        own_metadata(context, key, {e.day.isoformat(): _day_metadata(storage, e) for e in extracts})
+        return MaterializeResult(check_results=results)
 
     return raw_events
