@@ -2,8 +2,9 @@
 `dagster dev` on a free port, a temporary instance and demo data.
 
 Launches a backfill of three weeks of the weekly aggregates through the UI
-(Materialize → partition range → Launch backfill), waits for it, opens one of the
-partitions and compares its table with ``read_metrics``, then opens the report
+(Materialize → partition range → Launch backfill), waits for it (one run covers the
+three weeks), opens the middle partition and compares its table with ``read_metrics``
+(its own week only, although the run covered three), then opens the report
 asset and checks that its chart image loaded. Screenshots of every step are kept
 under the test's temporary directory (their path is printed on failure).
 Fails, never skips, when Chromium or Playwright is missing.
@@ -193,18 +194,18 @@ def test_ui_backfill_partition_table_and_report_chart(dagster_dev, tmp_path):
 
             def finished():
                 runs = instance.get_runs(filters=RunsFilter(tags={"dagster/backfill": backfills[0].backfill_id}))
-                return runs if len(runs) == 3 and all(r.status in done for r in runs) else None
+                return runs if runs and all(r.status in done for r in runs) else None
 
-            runs = wait_for("the backfill's three runs", finished)
+            runs = wait_for("the backfill's run", finished)
             assert all(r.status == DagsterRunStatus.SUCCESS for r in runs), [(r.run_id, r.status) for r in runs]
-            # One run per week, each its own partition.
+            # One run over the three weeks (a backfill runs up to 13 weeks per run).
             covered = sorted(
                 (r.tags.get(ASSET_PARTITION_RANGE_START_TAG), r.tags.get(ASSET_PARTITION_RANGE_END_TAG))
                 if ASSET_PARTITION_RANGE_START_TAG in r.tags
                 else (r.tags["dagster/partition"],) * 2
                 for r in runs
             )
-            assert covered == [(w, w) for w in WEEKS], covered
+            assert covered == [(WEEKS[0], WEEKS[-1])], covered
 
             step = "partition view"
             page.goto(f"{url}/assets/core_actions_weekly?view=partitions&partition={OPENED}")
