@@ -18,9 +18,8 @@ measured in a fresh child process with its own peak RSS and CPU time:
 * the full-history recompute of every week (``aggregate_periods``) against the
   bare DuckDB query (distinct users per deployment, ISO week and action, plus
   active users, over all files at once) and their ratio;
-* an estimate of a 3-year backfill of the weekly and monthly assets from the UI,
-  one run per period (156 + 36 runs), from sample runs and the measured start-up
-  of a run process.
+The 3-year backfill through the UI, with Dagster's per-run overhead, is measured
+on the production topology by ``make benchmark-backfill`` (bench_backfill.py).
 
 ``EVENTS`` sets the scale (default 2,000,000), ``BENCH_DATA=<dir>`` reuses (or
 keeps) a generated history instead of a temporary one (its ``state/`` and
@@ -313,89 +312,6 @@ def scale_figures(root: Path, days: int) -> None:
     print("(wall times depend on what else the machine runs; CPU times less so)")
 
 
-# --------------------------------------------------------------------------- per-period backfill (UI)
-
-BACKFILL_SAMPLE_WEEKS = 6
-BACKFILL_SAMPLE_MONTHS = 2
-
-
-def _backfill_sample(root: str, days: int) -> dict:
-    """In this (fresh) process: the weekly and monthly jobs run one period per run, as a
-    UI backfill launches them (the in-process executor), on the last weeks and months
-    of the history; mean seconds per run."""
-    import warnings
-
-    import dagster
-    from dagster import DagsterInstance
-
-    from renku_metrics.core.config import MetricsConfig
-    from renku_metrics.definitions import build_defs
-    from renku_metrics_tests.bench_data import bench_deployments
-
-    for category in (dagster.BetaWarning, dagster.PreviewWarning, dagster.SupersessionWarning):
-        warnings.filterwarnings("ignore", category=category)
-    d = _dates(days)
-    config = MetricsConfig(path="bench", deployments=tuple(bench_deployments(DEPLOYMENTS)))
-    defs = build_defs(config=config, storage_root=root)
-    quiet = {"loggers": {"console": {"config": {"log_level": "ERROR"}}}}
-    out = {}
-    with tempfile.TemporaryDirectory(prefix="renku-metrics-bench-home-") as home:
-        with DagsterInstance.local_temp(home) as instance:
-            for job, starts in (
-                ("weekly_metrics", [d["week"] - dt.timedelta(weeks=i) for i in range(BACKFILL_SAMPLE_WEEKS)]),
-                ("monthly_metrics", [d["month"]]),
-            ):
-                if job == "monthly_metrics":
-                    for _ in range(BACKFILL_SAMPLE_MONTHS - 1):
-                        starts.append((starts[-1] - dt.timedelta(days=1)).replace(day=1))
-                job_def = defs.resolve_job_def(job)
-                t0 = time.perf_counter()
-                for start in starts:
-                    result = job_def.execute_in_process(
-                        instance=instance, partition_key=start.isoformat(), run_config=quiet
-                    )
-                    assert result.success, (job, start)
-                out[job] = (time.perf_counter() - t0) / len(starts)
-    return out
-
-
-def _run_start_seconds() -> float:
-    """What a launched run pays before its first step: a fresh Python process loading the
-    code location (the default run launcher starts one process per run)."""
-    t0 = time.perf_counter()
-    subprocess.run(
-        [sys.executable, "-W", "ignore", "-c", "from renku_metrics.definitions import defs; defs.get_repository_def()"],
-        check=True,
-        capture_output=True,
-    )
-    return time.perf_counter() - t0
-
-
-def per_period_backfill_figures(root: Path, days: int) -> None:
-    """A 3-year backfill of the weekly and monthly aggregates from the UI: one run per period
-    (156 weekly + 36 monthly runs), estimated from measured sample runs and the measured
-    start-up of a run process. Each weekly run holds aggregate, lifecycle and retention;
-    each monthly run aggregate, lifecycle and stickiness."""
-    out = subprocess.run(
-        [sys.executable, "-m", "renku_metrics_tests.benchmarks", "--figure", "backfill_sample", "--root", str(root)]
-        + ["--days", str(days)],
-        check=True,
-        capture_output=True,
-        text=True,
-    )
-    per_run = json.loads(out.stdout.strip().splitlines()[-1])
-    start = min(_run_start_seconds() for _ in range(3))
-    weekly, monthly = per_run["weekly_metrics"], per_run["monthly_metrics"]
-    total = 156 * (weekly + start) + 36 * (monthly + start)
-    print(f"{'one weekly run (in-process executor), mean of ' + str(BACKFILL_SAMPLE_WEEKS):<58} {weekly:8.2f} s")
-    print(f"{'one monthly run (in-process executor), mean of ' + str(BACKFILL_SAMPLE_MONTHS):<58} {monthly:8.2f} s")
-    print(f"{'start of a run process (loading the code location)':<58} {start:8.2f} s")
-    print(
-        f"3-year UI backfill, 156 weekly + 36 monthly runs, one at a time: ~{total / 60:.1f} min "
-        f"(runs in parallel divide it by the run queue's concurrency)"
-    )
-
-
 def personal_data_figures() -> None:
     """Personal-data detection on 1 MB adversarial strings (the old regex took minutes on these)."""
     from renku_metrics.core.events import looks_personal
@@ -419,9 +335,6 @@ def main() -> None:
     parser.add_argument("--days", type=int, default=DAYS)
     parser.add_argument("--start", type=dt.date.fromisoformat, default=None)
     args = parser.parse_args()
-    if args.figure == "backfill_sample":
-        print(json.dumps(_backfill_sample(args.root, args.days)))
-        return
     if args.figure:
         from renku_metrics_tests.bench_data import START
 
@@ -444,7 +357,7 @@ def main() -> None:
                 f"{made['users']:,} users per deployment, in {seconds:.1f} s"
             )
         scale_figures(root, args.days)
-        per_period_backfill_figures(root, args.days)
+        print("the 3-year backfill through the UI: make benchmark-backfill BENCH_DATA=<a kept history>")
 
 
 if __name__ == "__main__":

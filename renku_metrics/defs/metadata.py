@@ -6,7 +6,7 @@ per run, the CLI a ``--partition-range``). Metadata returned on the asset's
 limitation of dagster-io/dagster issues 18123 and 21072), so the assets return
 none there: each partition's own figures are attached to that partition's
 materialization event with ``context.add_asset_metadata(..., partition_key=...)``
-(``own_metadata``), the way the asset's Plots tab and partition view read them.
+(``own_metadata``), where the asset overview's Metadata → Plots view and the partition view read them.
 
 A backfill launches a quarter of periods per run (``period_backfill_policy``): 13
 weeks or 3 months. The run's cost is then mostly the periods' own work (one

@@ -145,7 +145,7 @@ def build_metric_assets(config: MetricsConfig, catalog: Catalog, period: str) ->
     together = (
         "Computed in the same step and from the same scan as `{other}`, so the two never disagree; "
         "materializing one materializes both. A backfill runs a quarter of periods per run (13 weeks or 3 "
-        "months) from one scan; each partition's metadata (its table and the numbers plotted in the Plots tab) "
+        "months) from one scan; each partition's metadata (its table and the numbers plotted in the overview's Metadata → Plots view) "
         "is still its own period's."
     )
 

@@ -5,7 +5,7 @@ its materialization: the latest complete week and month as a table, charts
 (matplotlib PNGs embedded in the markdown metadata) of each core action's share of
 active users and distinct users per deployment over the last 52 weeks and over all
 months, provisional periods marked, and the latest complete week's headline
-numbers as numeric metadata (so its Plots tab builds a weekly series). The same
+numbers as numeric metadata (so its Metadata → Plots view builds a weekly series). The same
 report is written under ``reports/metrics_report/`` in the storage root.
 
 A sensor refreshes it after the weekly or monthly aggregates were materialized
