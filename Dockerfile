@@ -4,8 +4,9 @@
 #
 #   docker build -t registry.example.org/renku-metrics:$(git rev-parse --short HEAD) .
 #
-# Dependencies are pinned by requirements.lock (regenerate it after changing
-# pyproject.toml: see README, "Upgrades").
+# Dependencies are pinned, with hashes, by uv.lock: the same lock `make install` and CI
+# install from (regenerate it with `make lock`; see docs/development.md). The base
+# image's Python is the one .python-version pins (a test checks they agree).
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -13,17 +14,24 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     DAGSTER_HOME=/opt/dagster/dagster_home \
-    RENKU_METRICS_DEPLOYMENTS=/app/deployments.yaml
+    RENKU_METRICS_DEPLOYMENTS=/app/deployments.yaml \
+    UV_PROJECT_ENVIRONMENT=/opt/venv \
+    UV_PYTHON_DOWNLOADS=never \
+    PATH=/opt/venv/bin:$PATH
 
 WORKDIR /app
 
-# Pinned dependencies first: this layer is rebuilt only when the lock changes.
-COPY requirements.lock ./
-RUN pip install --requirement requirements.lock
+# Pinned dependencies first: this layer is rebuilt only when the lock changes. The
+# image holds the runtime and the k8s extra (run pods), not the test tools.
+COPY .python-version pyproject.toml uv.lock ./
+COPY deploy/local/bootstrap_uv.py ./deploy/local/
+RUN python deploy/local/bootstrap_uv.py /opt/uv \
+    && /opt/uv/bin/uv sync --locked --no-install-project --no-default-groups --extra k8s --no-cache
 
-COPY pyproject.toml README.md deployments.yaml ./
+COPY README.md deployments.yaml ./
 COPY renku_metrics ./renku_metrics
-RUN pip install --no-deps . \
+RUN /opt/uv/bin/uv sync --locked --no-editable --no-default-groups --extra k8s --no-cache \
+    && rm -rf /opt/uv \
     && useradd --system --uid 10001 --home-dir /app --shell /usr/sbin/nologin renku-metrics \
     && mkdir -p "$DAGSTER_HOME" \
     && chown renku-metrics "$DAGSTER_HOME"

@@ -1,6 +1,6 @@
 # Two commands do all set-up on a fresh machine:
 #   make demo   install, then materialize the demo deployments' last 12 complete weeks into ./data
-#   make test   install, start a local PostgreSQL, run the tests
+#   make test   install; install PostgreSQL and Chromium when missing; start PostgreSQL; run the tests
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -11,15 +11,32 @@ PG_USER ?= renku_metrics
 PG_PASSWORD ?= renku_metrics
 PG_DB ?= renku_metrics_test
 
-.PHONY: install demo dev test lint pg benchmark benchmark-extract benchmark-backfill clean prod-local
+.PHONY: install lock system-deps demo dev test lint pg benchmark benchmark-extract benchmark-backfill clean prod-local
 
-$(VENV)/.installed: pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test]'
-	touch $@
+# Everything any command here installs is pinned, with hashes, by uv.lock (generated
+# from pyproject.toml by `make lock`). `uv sync --locked` fails when pyproject.toml
+# changed without the lock being regenerated, and removes whatever the lock does not
+# list, so .venv is exactly the lock. Python itself: .python-version.
+$(VENV)/.installed: pyproject.toml uv.lock .python-version
+	@want=$$(cat .python-version); have=$$($(PYTHON) -c 'import sys; print("%d.%d" % sys.version_info[:2])'); \
+	  [ "$$want" = "$$have" ] || { echo "make install: Python $$want is needed (.python-version); $(PYTHON) is $$have: run make PYTHON=python$$want ..." >&2; exit 1; }
+	@echo "make install: the locked environment (uv.lock) into $(VENV) ..."
+	@[ -x $(VENV)/bin/uv ] || $(PYTHON) deploy/local/bootstrap_uv.py $(VENV)
+	@UV_PROJECT_ENVIRONMENT=$(VENV) UV_PYTHON_DOWNLOADS=never $(VENV)/bin/uv sync --locked --all-extras --quiet
+	@touch $@
+	@echo "make install: done ($$($(VENV)/bin/uv pip list --python $(PY) 2>/dev/null | tail -n +3 | wc -l) packages, as uv.lock pins them)"
 
 install: $(VENV)/.installed
+
+# Upgrading a dependency on purpose: `make lock` (or `make lock UPGRADE="--upgrade-package duckdb"`),
+# then `make test`, then commit pyproject.toml and uv.lock together.
+lock: install
+	UV_PYTHON_DOWNLOADS=never $(VENV)/bin/uv lock $(UPGRADE)
+
+# PostgreSQL and Chromium: installed when missing (as root on Debian/Ubuntu), or one
+# line saying what to install, before any test runs.
+system-deps:
+	@bash deploy/local/system_deps.sh
 
 $(DAGSTER_HOME_LOCAL)/dagster.yaml:
 	mkdir -p $(DAGSTER_HOME_LOCAL)
@@ -38,6 +55,7 @@ dev: install $(DAGSTER_HOME_LOCAL)/dagster.yaml
 # and database. Tests that need PostgreSQL fail, never skip, when it is missing.
 pg:
 	@if command -v pg_lsclusters >/dev/null 2>&1; then \
+	  if ! pg_lsclusters -h | grep -q .; then pg_createcluster $$(ls /usr/lib/postgresql | sort -n | tail -1) main >/dev/null; fi; \
 	  ver=$$(pg_lsclusters -h | awk 'NR==1{print $$1}'); cl=$$(pg_lsclusters -h | awk 'NR==1{print $$2}'); \
 	  pg_ctlcluster $$ver $$cl start 2>/dev/null || true; \
 	  for i in 1 2 3 4 5 6 7 8 9 10; do pg_isready -q -h 127.0.0.1 && break; sleep 1; done; \
@@ -45,14 +63,14 @@ pg:
 	    su postgres -c "psql -qc \"CREATE ROLE $(PG_USER) LOGIN SUPERUSER PASSWORD '$(PG_PASSWORD)'\""; \
 	  su postgres -c "psql -qtAc \"SELECT 1 FROM pg_database WHERE datname='$(PG_DB)'\"" | grep -q 1 || \
 	    su postgres -c "createdb -O $(PG_USER) $(PG_DB)"; \
-	else echo "PostgreSQL is not installed (apt-get install -y postgresql); tests that need it will fail"; fi
+	else echo "make pg: no Debian PostgreSQL cluster here; the tests use RENKU_METRICS_TEST_PG_HOST (default 127.0.0.1) as it is"; fi
 
 # Lint and format are part of the tests: a tree ruff would change fails them.
 lint: install
 	$(VENV)/bin/ruff check renku_metrics renku_metrics_tests
 	$(VENV)/bin/ruff format --check renku_metrics renku_metrics_tests
 
-test: install lint pg
+test: system-deps install lint pg
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 # The Helm chart's topology on this machine (README "Production"): PostgreSQL
