@@ -73,7 +73,7 @@ lint: install
 test: system-deps install lint pg
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
-# The Helm chart's topology on this machine (README "Production"): PostgreSQL
+# The Helm chart's topology on this machine (docs/production.md): PostgreSQL
 # (`make pg`), S3 (moto), the code location's gRPC server run with the image's own
 # command, dagster-webserver and dagster-daemon reading deploy/workspace.grpc.yaml.
 # Prints the UI's address; Ctrl-C stops everything.

@@ -219,6 +219,36 @@ def test_excluded_users_left_out_at_aggregation(tmp_path, storage, fixture_sourc
         assert after.excluded_users["alpha"] == 1
 
 
+def test_exclusion_belongs_to_its_deployment_only(tmp_path, storage, fixture_source):
+    """docs/design.md: *each deployment's* excluded_users are left out. A person listed on
+    alpha (an internal test account there) who really works on beta still counts on beta
+    and, through beta, in ``all``; the exclusion must not join on the user alone."""
+    events_alpha = [
+        ev("2025-03-04T10:00:00+00:00", "dual", "commit"),
+        ev("2025-03-04T11:00:00+00:00", "ann", "login"),
+    ]
+    events_beta = [
+        ev("2025-03-05T10:00:00+00:00", "dual", "start_session"),
+        ev("2025-03-05T11:00:00+00:00", "ben", "commit"),
+    ]
+    deployments = {
+        "alpha": {"start_date": "2025-03-03", "events": events_alpha, "excluded_users": ["dual"]},
+        "beta": {"start_date": "2025-03-03", "events": events_beta},
+    }
+    config = write_config(tmp_path, deployments)
+    extract_days(storage, config, "2025-03-03", "2025-03-09")
+    week = aggregate_period(storage, config.deployments, CATALOG, "week", dt.date(2025, 3, 3), NOW)
+    # alpha: ann only (dual excluded there); beta: dual and ben.
+    assert (cell(week, "alpha"), cell(week, "alpha", "commit")) == (1, 0)
+    assert (cell(week, "beta"), cell(week, "beta", "start_session"), cell(week, "beta", "commit")) == (2, 1, 1)
+    assert (week.excluded_users["alpha"], week.excluded_users["beta"]) == (1, 0)
+    # all: ann, dual (via beta), ben. dual's alpha commit stays out; ben's beta commit counts.
+    assert cell(week, "all") == 3
+    assert cell(week, "all", "commit") == 1
+    assert cell(week, "all", "start_session") == 1
+    assert cell(week, "all", "commit", "pct") == 33.33  # stored rounded to two decimals
+
+
 def test_record_repeated_on_a_later_day_counts_once_on_its_first_day(tmp_path, storage, fixture_source):
     # A commit pushed on Tuesday by alice, then fast-forwarded onto master by dave on
     # Thursday: the connector sees the same upstream record (same id) twice.

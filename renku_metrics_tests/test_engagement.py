@@ -217,6 +217,16 @@ def test_lifecycle_exclusions_applied(storage):
     assert counts(row(frame, "alpha", W[5])) == (5, 1, 2, 2, 1)  # the bot returning every week
 
 
+def test_lifecycle_exclusion_belongs_to_its_deployment_only(storage):
+    """u1 listed in beta's excluded_users leaves beta only: on alpha and in ``all``
+    (through alpha) u1 still counts, as docs/design.md states for every view."""
+    beta_without_u1 = deployment("beta", D(2025, 2, 5), (U[1],))
+    frame = engagement.lifecycle(storage, [ALPHA, beta_without_u1], "week", W[:8], NOW)
+    assert counts(row(frame, "beta", W[5])) == (1, 1, 0, 0, 0)  # g7 only
+    assert counts(row(frame, "alpha", W[5])) == (4, 1, 1, 2, 1)
+    assert counts(row(frame, "all", W[5])) == (5, 2, 1, 2, 1)  # as without the exclusion
+
+
 def test_lifecycle_monthly_states(storage):
     months = [D(2025, 1, 1), D(2025, 2, 1), D(2025, 3, 1), D(2025, 4, 1)]
     frame = engagement.lifecycle(storage, [ALPHA, BETA], "month", months, NOW, warmup_weeks=4)

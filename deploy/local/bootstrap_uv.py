@@ -34,7 +34,17 @@ def main(venv: str) -> None:
         req.flush()
         # -qq: the one line make prints says what happens; pip's notices are not errors.
         subprocess.run(
-            [str(python), "-m", "pip", "install", "-qq", "--disable-pip-version-check", "--require-hashes", "-r", req.name],
+            [
+                str(python),
+                "-m",
+                "pip",
+                "install",
+                "-qq",
+                "--disable-pip-version-check",
+                "--require-hashes",
+                "-r",
+                req.name,
+            ],
             check=True,
         )
 

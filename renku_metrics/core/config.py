@@ -1,6 +1,6 @@
 """deployments.yaml: which Renku deployments to measure and how to reach them.
 
-File format (see README "Deployments")::
+File format (see docs/operations.md and docs/connecting.md)::
 
     deployments:
       - name: renkulab              # [a-z][a-z0-9_]*, at most 63 characters, unique;
