@@ -137,8 +137,3 @@ def digest_key(week: dt.date, file: str) -> str:
 
 def delivery_record_key(week: dt.date, channel: str) -> str:
     return f"deliveries/{DIGEST_REPORT}/week={week.isoformat()}/{channel}.json"
-
-
-# Tables of the value loop that the digest reads (storage contracts 2 and 3).
-def release_impact_key() -> str:
-    return "metrics/release_impact/release_impact.parquet"

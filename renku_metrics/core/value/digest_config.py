@@ -90,7 +90,11 @@ class DigestFile(BaseModel):
 
 
 Channel = WebhookChannel | EmailChannel
-_CHANNEL_MODELS: dict[str, type[_Channel]] = {"slack": WebhookChannel, "mattermost": WebhookChannel, "email": EmailChannel}
+_CHANNEL_MODELS: dict[str, type[_Channel]] = {
+    "slack": WebhookChannel,
+    "mattermost": WebhookChannel,
+    "email": EmailChannel,
+}
 
 _MESSAGES = {
     "name": "name must match [a-z][a-z0-9_-]* (at most 63 characters), got {got}",
@@ -137,7 +141,9 @@ def _channel(raw: Any, index: int, path: str) -> Channel:
     except ValidationError as exc:
         raise ConfigError(one_line(exc, where, model.model_fields, _MESSAGES)) from None
     if kind != "mattermost" and isinstance(channel, WebhookChannel) and (channel.channel or channel.username):
-        raise ConfigError(f"{where}: channel and username are Mattermost keys (a Slack webhook posts where it was made)")
+        raise ConfigError(
+            f"{where}: channel and username are Mattermost keys (a Slack webhook posts where it was made)"
+        )
     return channel
 
 
