@@ -91,7 +91,7 @@ class Digest:
 
 def _clean(value) -> str:
     """Text from data, safe inside every renderer's markup (no markup characters)."""
-    return re.sub(r"[*_`|<>\[\]]", "", " ".join(str(value).split()))
+    return re.sub(r"[*`|<>\[\]]", "", " ".join(str(value).split()))
 
 
 def read_table_file(storage: Storage, key: str) -> pd.DataFrame | None:

@@ -13,6 +13,8 @@ Keys::
     deadline_near_days: 28                         # "deadline near": by-date within this many days
     release_skip_weeks: 1                          # release impact windows (as configured for the
     release_after_weeks: 4                         #   release_impact asset): when a verdict is due
+    retry_attempts: 4                              # tries per channel and run
+    retry_backoff_seconds: 2.0                     # waits 2, 4, 8 s between them (429: its Retry-After)
     channels:
       - {name: team_slack, type: slack, webhook_url_env: RENKU_METRICS_SLACK_WEBHOOK}
       - {name: team_mattermost, type: mattermost, webhook_url_env: RENKU_METRICS_MATTERMOST_WEBHOOK,
@@ -86,6 +88,8 @@ class DigestFile(BaseModel):
     deadline_near_days: Annotated[int, Field(ge=0, le=366)] = 28
     release_skip_weeks: Annotated[int, Field(ge=0, le=8)] = 1
     release_after_weeks: Annotated[int, Field(ge=1, le=26)] = 4
+    retry_attempts: Annotated[int, Field(ge=1, le=10)] = 4
+    retry_backoff_seconds: Annotated[float, Field(ge=0, le=600)] = 2.0
     channels: list[Any] | None = None
 
 
@@ -117,6 +121,8 @@ class DigestSettings:
     deadline_near_days: int = 28
     release_skip_weeks: int = 1
     release_after_weeks: int = 4
+    retry_attempts: int = 4
+    retry_backoff_seconds: float = 2.0
     channels: tuple[Channel, ...] = field(default_factory=tuple)
 
     def channel(self, name: str) -> Channel:
@@ -169,6 +175,8 @@ def parse_digest_config(raw: Any, path: str) -> DigestSettings:
         deadline_near_days=file.deadline_near_days,
         release_skip_weeks=file.release_skip_weeks,
         release_after_weeks=file.release_after_weeks,
+        retry_attempts=file.retry_attempts,
+        retry_backoff_seconds=file.retry_backoff_seconds,
         channels=channels,
     )
 

@@ -149,8 +149,6 @@ def deliver_digest(
     send_backfilled: bool = False,
     resend: tuple[str, ...] | list[str] = (),
     sleep: Callable[[float], None] = time.sleep,
-    attempts: int = 4,
-    backoff: float = 2.0,
 ) -> list[Outcome]:
     """Send ``digest`` to every configured channel that has not had it; one Outcome per channel."""
     env = os.environ if env is None else env
@@ -188,7 +186,7 @@ def deliver_digest(
             continue
         _write(storage, week, channel, SENDING, started_at=_stamp(now), digest_sha256=fingerprint)
         try:
-            used = _send(channel, digest, env, sleep, attempts, backoff)
+            used = _send(channel, digest, env, sleep, settings.retry_attempts, settings.retry_backoff_seconds)
         except (DeliveryError, ValueError) as exc:
             _write(storage, week, channel, FAILED, started_at=_stamp(now), error=str(exc), digest_sha256=fingerprint)
             outcomes.append(Outcome(channel.name, FAILED_OUTCOME, str(exc)))
