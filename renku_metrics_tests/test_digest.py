@@ -431,3 +431,30 @@ def test_shipped_config_sends_nowhere(tmp_path):
     assert settings.channels == () and settings.path == "digest.yaml"
     with pytest.raises(ConfigError, match="digest configuration not found"):
         load_digest_config(env={"RENKU_METRICS_DIGEST_CONFIG": str(tmp_path / "missing.yaml")})
+
+
+def test_schedule_requests_the_week_just_ended_once_its_aggregates_are_stored(stored_weeks, tmp_path):
+    from dagster import build_schedule_context
+
+    from renku_metrics.defs.resources import MetricsStorageResource
+
+    config, root = stored_weeks
+    defs = build_defs(
+        config=config, storage_root=root, env={"RENKU_METRICS_DIGEST_CONFIG": write_digest_config(tmp_path)}
+    )
+    schedule = defs.get_repository_def().get_schedule_def("weekly_digest_schedule")
+
+    def tick(when: dt.datetime):
+        with build_schedule_context(
+            scheduled_execution_time=when,
+            resources={"metrics_storage": MetricsStorageResource(root=root)},
+            repository_def=defs.get_repository_def(),
+            instance=DagsterInstance.ephemeral(),
+        ) as context:
+            return schedule.evaluate_tick(context)
+
+    done = tick(dt.datetime(2025, 3, 17, 6, 30, tzinfo=dt.timezone.utc))
+    assert [(r.partition_key, r.run_key) for r in done.run_requests] == [("2025-03-10", "weekly_digest:2025-03-10")]
+    # A week later the aggregates of 2025-03-17 are not stored yet: skipped, saying why.
+    later = tick(dt.datetime(2025, 3, 24, 6, 30, tzinfo=dt.timezone.utc))
+    assert not later.run_requests and "2025-03-17 are not stored yet" in later.skip_message
