@@ -55,6 +55,14 @@ def post_webhook(
     Raises DeliveryError naming ``channel`` when it was not delivered after ``attempts``.
     """
     http = session or requests.Session()
+    try:
+        return _post(http, url, payload, channel, attempts, backoff, max_wait, timeout, sleep)
+    finally:
+        if session is None:
+            http.close()
+
+
+def _post(http, url, payload, channel, attempts, backoff, max_wait, timeout, sleep) -> int:
     last = ""
     for attempt in range(1, attempts + 1):
         wait = backoff * 2 ** (attempt - 1)

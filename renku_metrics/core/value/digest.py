@@ -230,6 +230,11 @@ def _latest_per_target(frame: pd.DataFrame) -> pd.DataFrame:
     return frame.reset_index(drop=True)
 
 
+def _group_of(row) -> str | None:
+    group = row.get("group")
+    return group if isinstance(group, str) and group else None
+
+
 def _target_label(row, hidden: set[str]) -> str | None:
     group = row.get("group")
     if isinstance(group, str) and group in hidden:
@@ -270,17 +275,14 @@ def targets_section(storage: Storage, week: dt.date, settings: DigestSettings, h
     previous: dict = {}
     if before is not None:
         for row in before.to_dict("records"):
-            previous[(row["target"], row.get("deployment"), row.get("group"))] = row["status"]
+            previous[(row["target"], row.get("deployment"), _group_of(row))] = row["status"]
     week_end = week + dt.timedelta(days=7)
     changed, near = [], []
     for row in current.to_dict("records"):
         label = _target_label(row, hidden)
         if label is None:
             continue
-        group = row.get("group") if isinstance(row.get("group"), str) else None
-        was = previous.get((row["target"], row.get("deployment"), group)) or previous.get(
-            (row["target"], row.get("deployment"), row.get("group"))
-        )
+        was = previous.get((row["target"], row.get("deployment"), _group_of(row)))
         status = str(row["status"])
         if was is not None and was != status:
             changed.append(f"{label}: {_clean(was)} → **{_clean(status)}**, now {_fmt_value(row)}")
@@ -555,7 +557,7 @@ def to_markdown(digest: Digest, image: str | None = None) -> str:
 
 def _inline_html(text: str) -> str:
     text = html.escape(text, quote=False)
-    text = _LINK.sub(lambda m: f'<a href="{html.escape(m.group(2))}">{m.group(1)}</a>', text)
+    text = _LINK.sub(lambda m: f'<a href="{html.escape(html.unescape(m.group(2)))}">{m.group(1)}</a>', text)
     return _BOLD.sub(r"<strong>\1</strong>", text)
 
 
