@@ -258,3 +258,34 @@ def test_webhook_sender_waits_for_retry_after_and_never_shows_the_url(webhook_si
     assert (
         retry_after_seconds("Wed, 21 Oct 2015 07:28:00 GMT", dt.datetime(2015, 10, 21, 7, 27, 30, tzinfo=dt.UTC)) == 30
     )
+
+
+def test_digest_and_delivery_records_on_s3(
+    stored_weeks_once, s3_bucket, s3_endpoint, webhook_sim, tmp_path, monkeypatch
+):  # noqa: F811
+    """The same on an S3 root (moto server): files and delivery records in the bucket, one message."""
+    from pathlib import Path
+
+    config, local_root = stored_weeks_once
+    root = f"s3://{s3_bucket}/renku-metrics"
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_endpoint)
+    s3 = open_storage(root, endpoint_url=s3_endpoint)
+    for path in Path(local_root).rglob("*"):
+        if path.is_file():
+            s3.write_bytes(path.relative_to(local_root).as_posix(), path.read_bytes())
+    monkeypatch.setenv("RM_TEST_SLACK_WEBHOOK", webhook_sim.url + SLACK_PATH)
+    digest_config = tmp_path / "digest.yaml"
+    digest_config.write_text(
+        yaml.safe_dump(
+            {"channels": [{"name": "team_slack", "type": "slack", "webhook_url_env": "RM_TEST_SLACK_WEBHOOK"}]}
+        )
+    )
+    defs = build_defs(config=config, storage_root=root, env={"RENKU_METRICS_DIGEST_CONFIG": str(digest_config)})
+    for _ in range(2):
+        assert run_digest(defs, LAST_WEEK, DagsterInstance.ephemeral()).success
+    assert len(webhook_sim.to(SLACK_PATH)) == 1
+    assert s3.read_json(delivery_record_key(LAST_WEEK, "team_slack"))["status"] == "sent"
+    markdown = s3.read_bytes(digest_key(LAST_WEEK, "digest.md")).decode()
+    local = open_storage(local_root)
+    assert not local.exists(digest_key(LAST_WEEK, "digest.md"))  # written to the bucket, not the local copy
+    assert "| active users | 20 | 10 | 10.5 | ↑ |" in markdown
