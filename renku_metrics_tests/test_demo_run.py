@@ -52,3 +52,8 @@ def test_demo_materializes_each_period_with_its_own_numbers(tmp_path, monkeypatc
         meta = report[0].asset_materialization.metadata
         assert meta["latest_complete_week"].value == "2025-03-31"
         assert all("data:image/png;base64," in meta[f"chart_{n}"].value for n in ("weekly_share", "monthly_share"))
+    # The digest of the last complete week is written and its place printed; no channel: sent nowhere.
+    digest = root / "reports" / "digest" / "2025-03-31" / "digest.md"
+    assert f"weekly_digest 2025-03-31: {digest.resolve()} (also .html, .png)" in out
+    assert "sent nowhere (no channel configured" in out
+    assert "| demo | this week | last week | 4-week average | change |" in digest.read_text()

@@ -122,3 +122,18 @@ def raw_change_key(deployment: str, at: dt.datetime, day: dt.date, token: str) -
 
 def changed_day_of_key(key: str) -> dt.date:
     return dt.date.fromisoformat(key.rsplit("/", 1)[-1].split("_")[1])
+
+
+# The weekly digest (renku_metrics.core.value.digest): its files per ISO week, and one
+# delivery record per (week, channel). Delivery records are not derived state: they are
+# what stops a digest being sent twice, so they live outside ``state/``.
+DIGEST_REPORT = "digest"
+
+
+def digest_key(week: dt.date, file: str) -> str:
+    """reports/digest/<week>/<file> (digest.md, digest.html, digest.png)."""
+    return f"reports/{DIGEST_REPORT}/{week.isoformat()}/{file}"
+
+
+def delivery_record_key(week: dt.date, channel: str) -> str:
+    return f"deliveries/{DIGEST_REPORT}/week={week.isoformat()}/{channel}.json"

@@ -13,9 +13,12 @@ from dagster import Definitions, in_process_executor
 
 from renku_metrics.core.catalog import Catalog, load_catalog
 from renku_metrics.core.config import MetricsConfig, load_config
+from renku_metrics.core.value.digest_config import load_digest_config
 from renku_metrics.defs.aggregates.assets import build_metric_assets
 from renku_metrics.defs.aggregates.checks import period_freshness_rules
 from renku_metrics.defs.aggregates.schedules import build_period_job_and_schedule
+from renku_metrics.defs.digest.assets import build_digest_asset
+from renku_metrics.defs.digest.schedules import build_digest_job_and_schedule
 from renku_metrics.defs.engagement.assets import build_engagement_assets
 from renku_metrics.defs.freshness import build_freshness_checks, build_freshness_sensor
 from renku_metrics.defs.raw_events.assets import build_raw_events_asset
@@ -51,6 +54,10 @@ def build_defs(
     report = build_report_asset()
     report_job, report_sensor = build_report_job_and_sensor(report)
     jobs.append(report_job)
+    digest = build_digest_asset(config, load_digest_config(env=env))
+    digest_job, digest_schedule = build_digest_job_and_schedule(digest)
+    jobs.append(digest_job)
+    schedules.append(digest_schedule)
     freshness = {
         **raw_events_freshness_rules(config.deployments),
         **period_freshness_rules(
@@ -61,7 +68,7 @@ def build_defs(
         ),
     }
     return Definitions(
-        assets=[*raw_assets, *weekly, *monthly, *engagement["week"], *engagement["month"], report],
+        assets=[*raw_assets, *weekly, *monthly, *engagement["week"], *engagement["month"], report, digest],
         asset_checks=[build_freshness_checks(freshness)],
         jobs=jobs,
         schedules=schedules,

@@ -6,7 +6,8 @@ storage root $RENKU_METRICS_STORAGE (default ./data), for the deployments of
 deployments.yaml. Each deployment's extract is one run covering its days, as a
 single-run backfill from the UI would be; the weekly and monthly aggregates run
 once per period, as their UI backfills do, so every partition carries its own
-numbers. Prints the weekly table at the end.
+numbers. Writes the digest of the last complete week (sent only to channels the digest
+configuration names) and prints where it is. Prints the weekly table at the end.
 """
 
 from __future__ import annotations
@@ -73,6 +74,22 @@ def run_periods(defs, job_name: str, start: dt.date, end: dt.date, instance: Dag
             run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
         )
     print(f"  {job_name} {keys[0]}..{keys[-1]}: {len(keys)} runs, one per period, ok in {time.time() - t0:.1f}s")
+
+
+def digest_summary(storage, week: dt.date, success: bool) -> str:
+    """Where the week's digest is, and what its delivery records say (no channel: nothing sent)."""
+    from renku_metrics.core.layout import DIGEST_REPORT, delivery_record_key, digest_key
+
+    lines = [f"  weekly_digest {week}: {storage.uri(digest_key(week, 'digest.md'))} (also .html, .png)"]
+    prefix = delivery_record_key(week, "x").rsplit("/", 1)[0] + "/"
+    records = [storage.read_json(k) for k in storage.list_keys(prefix) if k.endswith(".json")]
+    if records:
+        lines += [f"    delivery to {r['channel']} ({r['type']}): {r['status']}" for r in records]
+    else:
+        lines.append(f"    sent nowhere (no channel configured for the {DIGEST_REPORT}; see docs/digest.md)")
+    if not success:
+        lines.append("    the digest run FAILED (a channel refused it, or see the run of weekly_digest_job in the UI)")
+    return "\n".join(lines)
 
 
 def die_with_parent() -> None:
@@ -149,6 +166,14 @@ def main(argv: list[str] | None = None) -> int:
             run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
         )
         print("  metrics_report: charts in the asset's metadata and under reports/metrics_report/")
+        digest_week = steps["weeks"][1]
+        digest_run = defs.resolve_job_def("weekly_digest_job").execute_in_process(
+            instance=instance,
+            partition_key=digest_week.isoformat(),
+            raise_on_error=False,
+            run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
+        )
+        print(digest_summary(storage, digest_week, digest_run.success))
     except Exception as exc:
         # A storage or upstream failure inside a run: its one-line message, not Dagster's traceback.
         cause = getattr(exc, "user_exception", None) or exc
