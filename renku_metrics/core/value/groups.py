@@ -335,6 +335,9 @@ def _frame(rows: list[dict]) -> pd.DataFrame:
     frame["complete"] = frame["complete"].astype(bool)
     for col in ("period_start", "period_end", "membership_as_of"):
         frame[col] = pd.Series([v for v in frame[col]], dtype="object")
-    for col in ("deployment", "group", "group_kind", "metric", "withheld_reason"):
+    for col in ("deployment", "group", "group_kind", "metric"):
         frame[col] = frame[col].astype("object")
+    frame["withheld_reason"] = pd.Series(
+        [v if isinstance(v, str) else None for v in frame["withheld_reason"]], dtype="object"
+    )
     return frame
