@@ -341,3 +341,24 @@ def _frame(rows: list[dict]) -> pd.DataFrame:
         [v if isinstance(v, str) else None for v in frame["withheld_reason"]], dtype="object"
     )
     return frame
+
+
+def summary(frame: pd.DataFrame, metrics: Sequence[str] = ("start_session", "commit")) -> str:
+    """A short text table of group metrics: per period, deployment and group, the members, the active
+    members and each of ``metrics`` as "users (share of members)"; withheld groups say so."""
+    if frame.empty:
+        return "(no group metrics)"
+    lines = []
+    for (start, deployment, group), part in frame.groupby(["period_start", "deployment", "group"], sort=True):
+        first = part.iloc[0]
+        if isinstance(first["withheld_reason"], str):
+            cells = ["withheld: " + first["withheld_reason"].split(":")[0]]
+        else:
+            cells = [f"members {int(first['members'])}", f"active {int(first['active_members'])}"]
+            for metric in metrics:
+                row = part[part["metric"] == metric]
+                if len(row):
+                    r = row.iloc[0]
+                    cells.append(f"{metric} {int(r['users'])} ({r['pct_of_members']:.0f}%)")
+        lines.append(f"  {start}  {deployment:<11} {group:<22} " + ", ".join(cells))
+    return "\n".join(lines)
