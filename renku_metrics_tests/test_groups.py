@@ -443,3 +443,76 @@ def test_read_group_metrics_filters(history):
         read[read["metric"] == "start_session"]["users"].reset_index(drop=True),
         pd.Series([1, 1], dtype="Int64", name="users"),
     )
+
+
+# -- the assets, materialized ----------------------------------------------------
+
+
+def test_group_assets_materialize_with_their_tables(tmp_path):
+    """Membership and weekly group metrics of a demo deployment, materialized with dagster.materialize
+    against local storage: each partition's metadata shows its own group table, and nothing stored
+    holds an e-mail address (the demo's users all have one)."""
+    from dagster import AssetKey, DagsterInstance, materialize
+
+    from renku_metrics import read_group_metrics
+    from renku_metrics.core.sources.demo import ACADEMIC_TEAM, DemoDirectory
+    from renku_metrics.defs.build import build_defs
+    from renku_metrics.defs.clock import NOW_TAG
+    from renku_metrics.defs.metadata import table_rows
+    from renku_metrics.defs.resources import MetricsStorageResource
+
+    path = tmp_path / "deployments.yaml"
+    path.write_text(
+        "deployments:\n"
+        "  - name: demo\n    start_date: 2025-03-03\n"
+        "    sources: {demo: {seed: 5, users: 400, academic_team: 12, small_team: 2}}\n"
+        "    groups:\n      keycloak_groups: [{path: /SDSC/Academic Team}, {path: /SDSC/Data Stewards}]\n"
+        "      email_domains: {ethz.ch: ETH Zurich, epfl.ch: EPFL}\n"
+    )
+    config = load_config(path)
+    root = tmp_path / "data"
+    storage = LocalStorage(root)
+    extract_days(storage, config, "2025-03-03", "2025-03-16")
+    defs = build_defs(config=config, storage_root=str(root))
+    graph = defs.resolve_asset_graph()
+    wanted = {AssetKey("active_users_weekly"), AssetKey(["group_membership", "demo"]), AssetKey("group_metrics_weekly")}
+    assets = [a for a in defs.assets if set(a.keys) & wanted]
+    assert graph.get(AssetKey("group_metrics_weekly")).partitions_def.get_partition_keys()[0] == "2025-03-03"
+    with DagsterInstance.ephemeral() as instance:
+        for week in ("2025-03-03", "2025-03-10"):
+            result = materialize(
+                assets,
+                partition_key=week,
+                instance=instance,
+                resources={"metrics_storage": MetricsStorageResource(root=str(root))},
+                tags={NOW_TAG: "2025-03-17T04:00:00Z"},
+            )
+            assert result.success
+        frame = read_group_metrics("week", storage=storage)
+        for week in (dt.date(2025, 3, 3), dt.date(2025, 3, 10)):
+            record = instance.fetch_materializations(AssetKey("group_metrics_weekly"), limit=10).records
+            meta = next(r for r in record if r.asset_materialization.partition == week.isoformat())
+            meta = meta.asset_materialization.metadata
+            rows = {(r["deployment"], r["group"]): r for r in table_rows(meta["groups"])}
+            expected = frame[(frame["period_start"] == week) & (frame["metric"] == "active_users")]
+            assert len(rows) == len(expected) > 0
+            for r in expected.itertuples():
+                shown = rows[(r.deployment, r.group)]
+                assert shown["members"] == (None if pd.isna(r.members) else int(r.members))
+                assert shown["membership_as_of"] == str(r.membership_as_of)
+            team = expected[(expected["group"] == "/SDSC/Academic Team") & (expected["deployment"] == "demo")]
+            # The demo directory asked directly, on the week's end, for the team's members.
+            on = week + dt.timedelta(days=7)
+            members = DemoDirectory(config.deployment("demo").sources["demo"], on).group_members(ACADEMIC_TEAM, True)
+            assert meta["demo//SDSC/Academic Team/members"].value == int(team["members"].iloc[0]) == len(members) > 5
+            stewards = expected[expected["group"] == "/SDSC/Data Stewards"]
+            assert stewards["withheld_reason"].notna().all()  # 2 members < 5
+        # The demo knows past membership: each week's snapshot is of that week's end.
+        assert set(frame["membership_as_of"]) == {dt.date(2025, 3, 10), dt.date(2025, 3, 17)}
+        snaps = instance.fetch_materializations(AssetKey(["group_membership", "demo"]), limit=5).records
+        assert {r.asset_materialization.metadata["snapshot_date"].value for r in snaps} == {
+            "2025-03-10",
+            "2025-03-17",
+        }
+    assert set(frame["deployment"]) == {"demo", "all"}
+    assert assert_no_email_stored(root) > 30
