@@ -516,3 +516,16 @@ def test_group_assets_materialize_with_their_tables(tmp_path):
         }
     assert set(frame["deployment"]) == {"demo", "all"}
     assert assert_no_email_stored(root) > 30
+
+
+def test_a_range_of_old_partitions_reads_keycloak_once(history, keycloak):
+    storage, deployment, _, _, team = history
+    before = len(keycloak.requests_to(f"/groups/{team}/members"))
+    cache: dict = {}
+    now = dt.datetime(2025, 6, 2, 4, tzinfo=UTC)
+    snaps = [
+        groups.take_snapshot(storage, deployment, w, now, {}, directory(keycloak), False, cache=cache)
+        for w in (dt.date(2025, 1, 6), dt.date(2025, 1, 13))
+    ]
+    assert [s.snapshot_date for s in snaps] == [dt.date(2025, 6, 2)] * 2 and all(s.taken for s in snaps)
+    assert len(keycloak.requests_to(f"/groups/{team}/members")) == before + 1

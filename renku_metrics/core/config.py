@@ -175,7 +175,7 @@ def _deployment(item: Any, index: int, path: str) -> Deployment:
         sources[source_type] = source_module(source_type).Settings.from_mapping(settings_raw, swhere)
     groups = None
     if entry.groups is not None:
-        groups = GroupsSettings.from_mapping(entry.groups, where, str(Path(path).parent))
+        groups = GroupsSettings.from_mapping(entry.groups, where, str(Path(path).resolve().parent))
         if groups.uses_directory and not ({"keycloak", "demo"} & set(sources)):
             raise ConfigError(
                 f"{where}: groups: keycloak_groups, organizations and email_domains read the realm of "

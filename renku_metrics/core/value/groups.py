@@ -112,12 +112,14 @@ def take_snapshot(
     env: Mapping[str, str],
     directory: Directory | None = None,
     has_history: bool | None = None,
+    cache: dict | None = None,
 ) -> Snapshot:
     """Store the membership snapshot of ``deployment`` for the weekly partition ``week``.
 
     A directory with history (the demo) is asked for membership on the week's end (or today if
     earlier); Keycloak for membership today. A partition whose week ended more than
-    ``RETAKE_WINDOW`` ago and already has a snapshot keeps it.
+    ``RETAKE_WINDOW`` ago and already has a snapshot keeps it. ``cache`` (a dict kept over one run)
+    saves reading the directory again for another partition whose snapshot is of the same day.
     """
     if deployment.groups is None:
         raise ValueError(f"deployment {deployment.name!r} has no groups configured")
@@ -147,7 +149,12 @@ def take_snapshot(
             ),
         )
     where = f"deployment {deployment.name!r}"
-    frame = extract_membership(deployment.groups, directory, where)
+    if cache is not None and snapshot_date in cache:
+        frame = cache[snapshot_date]
+    else:
+        frame = extract_membership(deployment.groups, directory, where)
+        if cache is not None:
+            cache[snapshot_date] = frame
     table = pa.table(
         {
             "snapshot_date": pa.array([snapshot_date] * len(frame), pa.date32()),

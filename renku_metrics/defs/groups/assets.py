@@ -121,8 +121,9 @@ def _membership_asset(deployment, partitions) -> AssetsDefinition:
         storage = metrics_storage.get_storage()
         now = run_now(context)
         per_partition = {}
+        cache: dict = {}  # a range run over weeks whose snapshots are all of today reads Keycloak once
         for week in period_starts(context, "week"):
-            snap = groups.take_snapshot(storage, _d, week, now, os.environ)
+            snap = groups.take_snapshot(storage, _d, week, now, os.environ, cache=cache)
             frame = groups.read_snapshot(storage, snap.key)
             sizes = frame.groupby(["group", "group_kind"]).size()
             per_partition[week.isoformat()] = {
