@@ -237,31 +237,33 @@ def _group_rows(
     min_size: Mapping[tuple[str, str], int],
 ) -> list[dict]:
     """Rows (without period and deployment) of every group of ``membership`` against ``activity``."""
-    rows = []
+    rows: list[dict] = []
     if membership.empty:
         return rows
-    joined = membership.merge(activity, how="left", left_on="user_key", right_index=True)
-    for a in ACTIONS:
-        joined[a] = joined[a].astype("boolean").fillna(False).astype(bool)
-    joined["_active"] = joined[list(ACTIONS)].any(axis=1)
+    members = membership.drop_duplicates(["group", "group_kind", "user_key"])
+    joined = members.merge(activity, how="left", left_on="user_key", right_index=True)
+    flags = joined[list(ACTIONS)].fillna(False).astype(bool)
+    columns = {"_members": pd.Series(1, index=joined.index), "_active": flags.any(axis=1)}
     for metric, actions in metrics:
-        joined[f"_m_{metric}"] = joined[list(actions)].any(axis=1)
-    for (group, kind), part in joined.groupby(["group", "group_kind"], sort=True):
-        members = int(part["user_key"].nunique())
-        active = int(part.drop_duplicates("user_key")["_active"].sum())
+        columns[f"_m_{metric}"] = flags[list(actions)].any(axis=1)
+    counts = pd.DataFrame(columns).astype("int64")
+    counts["group"], counts["group_kind"] = joined["group"], joined["group_kind"]
+    sums = counts.groupby(["group", "group_kind"], sort=True).sum()
+    for (group, kind), agg in zip(sums.index, sums.to_dict("records"), strict=True):
+        n, active = int(agg["_members"]), int(agg["_active"])
         smallest = min_size[group, kind]
-        withheld = members < smallest
+        withheld = n < smallest
         for metric, _ in [*metrics, (ACTIVE_USERS, ())]:
-            users = active if metric == ACTIVE_USERS else int(part.drop_duplicates("user_key")[f"_m_{metric}"].sum())
+            users = active if metric == ACTIVE_USERS else int(agg[f"_m_{metric}"])
             rows.append(
                 {
                     "group": group,
                     "group_kind": kind,
                     "metric": metric,
-                    "members": None if withheld else members,
+                    "members": None if withheld else n,
                     "active_members": None if withheld else active,
                     "users": None if withheld else users,
-                    "pct_of_members": None if withheld or not members else round(100.0 * users / members, 2),
+                    "pct_of_members": None if withheld or not n else round(100.0 * users / n, 2),
                     "pct_of_active_members": None if withheld or not active else round(100.0 * users / active, 2),
                     "membership_as_of": as_of[group, kind],
                     "withheld_reason": _withheld_reason(smallest) if withheld else None,
@@ -313,7 +315,8 @@ def group_metrics(
             if d.name not in states:
                 states[d.name] = DeploymentActivity.load(storage, d)
             activity = period_activity(states[d.name], start, end)
-            pairs = {(g, k) for g, k in zip(membership["group"], membership["group_kind"], strict=True)}
+            distinct = membership[["group", "group_kind"]].drop_duplicates()
+            pairs = set(zip(distinct["group"].tolist(), distinct["group_kind"].tolist(), strict=True))
             for row in _group_rows(
                 membership, activity, metrics, dict.fromkeys(pairs, as_of), dict.fromkeys(pairs, d.groups.min_size)
             ):
