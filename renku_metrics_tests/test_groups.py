@@ -529,3 +529,38 @@ def test_a_range_of_old_partitions_reads_keycloak_once(history, keycloak):
     ]
     assert [s.snapshot_date for s in snaps] == [dt.date(2025, 6, 2)] * 2 and all(s.taken for s in snaps)
     assert len(keycloak.requests_to(f"/groups/{team}/members")) == before + 1
+
+
+# -- the demo's groups -----------------------------------------------------------
+
+
+def test_demo_teams_change_over_time_and_the_academic_team_is_active():
+    from renku_metrics.core.sources.demo import ACADEMIC_TEAM, SMALL_TEAM, DemoDirectory
+    from renku_metrics.core.sources.demo import Settings as DemoSettings
+    from renku_metrics.core.sources.demo import Source as DemoSource
+
+    s = DemoSettings(seed=42, users=6000, academic_team=40)
+    early, late = DemoDirectory(s, dt.date(2025, 1, 6)), DemoDirectory(s, dt.date(2026, 12, 1))
+    before, after = early.group_members(ACADEMIC_TEAM, True), late.group_members(ACADEMIC_TEAM, True)
+    assert before - after and after - before  # some left the team, others joined it
+    assert 25 <= len(before) <= 45 and 25 <= len(after) <= 45  # a few dozen
+    assert DemoDirectory(s, dt.date(2026, 12, 1)).group_members(ACADEMIC_TEAM, True) == after  # deterministic
+    assert len(late.group_members(SMALL_TEAM, True)) == 3
+    assert late.group_members("/SDSC", True) == after | late.group_members(SMALL_TEAM, True)
+    with pytest.raises(SourceError, match="group '/Nope' not found"):
+        late.group_members("/Nope", True)
+    # Without academic_team (the default) the demo has no teams.
+    plain = DemoSettings(seed=42, users=6000)
+    with pytest.raises(SourceError):
+        DemoDirectory(plain, dt.date(2025, 1, 6)).group_members(ACADEMIC_TEAM, True)
+    # About half of the team starts a session in a month (a target of 40-60% is plausible).
+    source = DemoSource("demo", s)
+    for month_start, month_end in (
+        (dt.date(2025, 10, 1), dt.date(2025, 11, 1)),
+        (dt.date(2026, 3, 1), dt.date(2026, 4, 1)),
+    ):
+        members = {pseudonymize_user(u) for u in DemoDirectory(s, month_end).group_members(ACADEMIC_TEAM, True)}
+        days = [month_start + dt.timedelta(days=i) for i in range((month_end - month_start).days)]
+        frame = pd.concat([source.generate_day(d) for d in days])
+        sessions = set(frame.loc[frame["action"] == "start_session", "user_id"]) & members
+        assert 0.35 <= len(sessions) / len(members) <= 0.65, (month_start, len(sessions), len(members))
