@@ -564,3 +564,27 @@ def test_demo_teams_change_over_time_and_the_academic_team_is_active():
         frame = pd.concat([source.generate_day(d) for d in days])
         sessions = set(frame.loc[frame["action"] == "start_session", "user_id"]) & members
         assert 0.35 <= len(sessions) / len(members) <= 0.65, (month_start, len(sessions), len(members))
+
+
+def test_snapshots_on_s3_replace_the_weeks_object(keycloak, s3_endpoint, s3_bucket):
+    """On S3 (the moto server), rerunning the week just ended replaces its snapshot object whole."""
+    from renku_metrics.core.storage import open_storage
+
+    storage = open_storage(f"s3://{s3_bucket}/metrics", endpoint_url=s3_endpoint)
+    team = keycloak.add_group("Team", members=[uid(n) for n in range(1, 7)])
+    deployment = Deployment(
+        "alpha",
+        dt.date(2025, 1, 6),
+        {},
+        groups=GroupsSettings.from_mapping({"keycloak_groups": [{"path": "/Team"}]}, "here", "."),
+    )
+    first = groups.take_snapshot(
+        storage, deployment, W1, dt.datetime(2025, 3, 10, 4, tzinfo=UTC), {}, directory(keycloak), False
+    )
+    keycloak.remove_member(team, uid(6))
+    again = groups.take_snapshot(
+        storage, deployment, W1, dt.datetime(2025, 3, 11, 4, tzinfo=UTC), {}, directory(keycloak), False
+    )
+    assert [(w, s) for w, s, _ in groups.snapshot_index(storage, "alpha")] == [(W1, dt.date(2025, 3, 11))]
+    assert not storage.exists(first.key)
+    assert set(groups.read_snapshot(storage, again.key)["user_key"]) == keys(1, 2, 3, 4, 5)
