@@ -218,10 +218,14 @@ def test_user_list_file(tmp_path):
     [
         ("{min_size: 0}", r"groups.min_size: .*greater than or equal to 1"),
         ("{keycloak_groups: [{path: Academic Team}]}", r"groups.keycloak_groups\[0\].path: a group path like"),
-        ("{keycloak_groups: [{path: /A, subgroup: true}]}", r"groups.keycloak_groups.0.subgroup|unknown key"),
+        (
+            "{keycloak_groups: [{path: /A, subgroup: true}]}",
+            r"groups.keycloak_groups\[0\]: unknown key .subgroup. \(allowed: path, subgroups\)",
+        ),
         ("{email_domains: {'@ethz.ch': ETH}}", r"groups.email_domains: '@ethz.ch' is not a domain name"),
         ("{email_domains: [ethz.ch]}", r"groups.email_domains: expected a mapping of domain -> institution"),
-        ("{colour: red}", r"groups: unknown key 'colour'"),
+        ("{colour: red}", r"groups: unknown key .colour."),
+        ("{base_dir: /etc}", r"groups: unknown key .base_dir."),
     ],
 )
 def test_bad_groups_config_names_file_deployment_and_key(tmp_path, groups_yaml, message):

@@ -89,6 +89,9 @@ class GroupsSettings(BaseModel):
         if not isinstance(raw, Mapping):
             raise ConfigError(f"{where}: expected a mapping, got {raw!r}")
         raw = dict(raw)
+        allowed = [n for n in cls.model_fields if n != "base_dir"]
+        if "base_dir" in raw:
+            raise ConfigError(f"{where}: unknown key 'base_dir' (allowed: {', '.join(sorted(allowed))})")
         for key in ("keycloak_groups", "user_lists"):
             if isinstance(raw.get(key), list):
                 raw[key] = tuple(raw[key])
@@ -104,7 +107,13 @@ class GroupsSettings(BaseModel):
         try:
             settings = cls.model_validate({**raw, "base_dir": base_dir})
         except ValidationError as exc:
-            allowed = [n for n in cls.model_fields if n != "base_dir"]
+            for error in exc.errors():
+                loc = tuple(error["loc"])
+                if error["type"] == "extra_forbidden" and len(loc) == 3:  # a key inside a list entry
+                    entry = {"keycloak_groups": KeycloakGroupEntry, "user_lists": UserListEntry}[loc[0]]
+                    raise ConfigError(
+                        f"{where}.{loc[0]}[{loc[1]}]: unknown key {loc[2]!r} (allowed: {', '.join(entry.model_fields)})"
+                    ) from None
             raise ConfigError(one_line(exc, where, allowed)) from None
         paths = [g.path for g in settings.keycloak_groups]
         for i, path in enumerate(paths):
