@@ -592,3 +592,21 @@ def test_snapshots_on_s3_replace_the_weeks_object(keycloak, s3_endpoint, s3_buck
     assert [(w, s) for w, s, _ in groups.snapshot_index(storage, "alpha")] == [(W1, dt.date(2025, 3, 11))]
     assert not storage.exists(first.key)
     assert set(groups.read_snapshot(storage, again.key)["user_key"]) == keys(1, 2, 3, 4, 5)
+
+
+def test_the_next_weekly_run_no_longer_replaces_a_weeks_snapshot(history, keycloak):
+    """W2 ended Mon 03-17: a rerun up to Sunday 03-23 replaces its snapshot; from Monday 03-24 (the
+    next weekly run, which also reruns earlier weeks) it keeps it."""
+    storage, deployment, _, second, team = history
+    keycloak.add_member(team, uid(8))
+    sunday = groups.take_snapshot(
+        storage, deployment, W2, dt.datetime(2025, 3, 23, 23, tzinfo=UTC), {}, directory(keycloak), False
+    )
+    assert sunday.taken and sunday.snapshot_date == dt.date(2025, 3, 23) and sunday.key != second.key
+    keycloak.add_member(team, uid(9))
+    monday = groups.take_snapshot(
+        storage, deployment, W2, dt.datetime(2025, 3, 24, 4, tzinfo=UTC), {}, directory(keycloak), False
+    )
+    assert not monday.taken and monday.key == sunday.key
+    members = set(groups.read_snapshot(storage, monday.key).query("group == '/Team'")["user_key"])
+    assert members == keys(1, 2, 3, 4, 6, 8)

@@ -75,7 +75,7 @@ COLUMNS = (
     "complete",
     "withheld_reason",
 )
-# A partition older than this (after its week's end) keeps the snapshot it has.
+# A partition this long or longer after its week's end keeps the snapshot it has.
 RETAKE_WINDOW = dt.timedelta(days=7)
 
 
@@ -117,8 +117,8 @@ def take_snapshot(
     """Store the membership snapshot of ``deployment`` for the weekly partition ``week``.
 
     A directory with history (the demo) is asked for membership on the week's end (or today if
-    earlier); Keycloak for membership today. A partition whose week ended more than
-    ``RETAKE_WINDOW`` ago and already has a snapshot keeps it. ``cache`` (a dict kept over one run)
+    earlier); Keycloak for membership today. A partition whose week ended ``RETAKE_WINDOW`` or
+    more ago (the next weekly run) and already has a snapshot keeps it. ``cache`` (a dict kept over one run)
     saves reading the directory again for another partition whose snapshot is of the same day.
     """
     if deployment.groups is None:
@@ -132,7 +132,7 @@ def take_snapshot(
         directory, has_history = directory_for(deployment.name, deployment.sources, env, on)
     has_history = bool(has_history)
     snapshot_date = on if has_history else today
-    if existing and not has_history and today > end + RETAKE_WINDOW:
+    if existing and not has_history and today >= end + RETAKE_WINDOW:
         _, kept_date, key = existing[-1]
         table = storage.read_parquet(key)
         return Snapshot(

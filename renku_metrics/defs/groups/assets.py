@@ -6,8 +6,8 @@
   Monday after the week, so each week gets the membership seen at its end. Weekly, not
   daily: the metrics are weekly and monthly, and membership of teams and institutions
   changes slowly, so a daily snapshot would add objects and Keycloak requests without
-  changing a number. Keycloak keeps no history: a partition whose week ended more than
-  7 days ago keeps the snapshot it has (see ``core/value/groups.py``).
+  changing a number. Keycloak keeps no history: a partition whose week ended 7 or more
+  days ago keeps the snapshot it has (see ``core/value/groups.py``).
 * ``group_metrics_weekly`` / ``group_metrics_monthly``: per period, deployment (and
   ``all``), group and metric (each catalog metric, plus ``active_users``): members,
   active_members, users, pct_of_members, pct_of_active_members, membership_as_of,
@@ -112,7 +112,7 @@ def _membership_asset(deployment, partitions) -> AssetsDefinition:
             f"({_KINDS}), user_key (the pseudonymous key the events carry). "
             "Cannot see: membership before the first snapshot (Keycloak keeps no history; such periods use "
             "the earliest snapshot), changes between two snapshots, users without an e-mail for the domain "
-            "map. A partition whose week ended more than 7 days ago keeps its snapshot. No e-mail, name or "
+            "map. A partition whose week ended 7 or more days ago keeps its snapshot. No e-mail, name or "
             "username is stored."
         ),
     )
