@@ -16,3 +16,7 @@ from renku_metrics.core.readers import (
 )
 
 __all__ = ["read_metrics", "read_active_users", "read_events", "read_lifecycle", "read_stickiness", "read_retention"]
+
+from renku_metrics.core.readers import read_group_metrics  # noqa: E402
+
+__all__ += ["read_group_metrics"]

@@ -15,6 +15,9 @@ measured in a fresh child process with its own peak RSS and CPU time:
 * both after the whole 3-year history and in a store holding only its last year
   (hard links to the same files): the same weeks, so the ratio shows whether a
   run grows with the length of history (~1 = flat);
+* in the weekly and monthly runs, the group metrics of 100 groups per deployment
+  (``core/value/groups.py``; membership snapshots of 5 to 400 members written
+  beforehand, untimed), read from the user sets the aggregate stores;
 * the full-history recompute of every week (``aggregate_periods``) against the
   bare DuckDB query (distinct users per deployment, ISO week and action, plus
   active users, over all files at once) and their ratio;
@@ -69,6 +72,45 @@ def _now(day: dt.date) -> dt.datetime:
     return dt.datetime.combine(day, dt.time(6), dt.timezone.utc)
 
 
+GROUPS = 100
+
+
+def _with_groups(storage, deployments: list, week: dt.date) -> list:
+    """The deployments with ``groups`` configured, and a membership snapshot of ``GROUPS`` groups each
+    (5 to 400 members drawn from the benchmark's user keys) for ``week``, taken at its end."""
+    import dataclasses
+    import hashlib
+    import random
+
+    import pyarrow as pa
+
+    from renku_metrics.core.layout import membership_key
+    from renku_metrics.core.sources.groups import GroupsSettings
+    from renku_metrics.core.value.groups import SNAPSHOT_SCHEMA
+
+    taken = week + dt.timedelta(days=7)
+    out = []
+    for n, dep in enumerate(deployments):
+        rng = random.Random(n)
+        rows = []
+        for g in range(GROUPS):
+            size = 5 + (g * 37) % 396
+            for member in rng.sample(range(30_000), size):
+                rows.append((f"group {g:03d}", hashlib.md5(f"bench-user-{member}".encode()).hexdigest()))
+        table = pa.table(
+            {
+                "snapshot_date": pa.array([taken] * len(rows), pa.date32()),
+                "group": [r[0] for r in rows],
+                "group_kind": ["user_list"] * len(rows),
+                "user_key": [r[1] for r in rows],
+            },
+            schema=SNAPSHOT_SCHEMA,
+        )
+        storage.write_parquet(membership_key(dep.name, week, taken), table)
+        out.append(dataclasses.replace(dep, groups=GroupsSettings()))
+    return out
+
+
 # --------------------------------------------------------------------------- one figure, in a child process
 
 
@@ -81,6 +123,7 @@ def _figure(name: str, root: str, days: int, start: dt.date) -> dict:
     from renku_metrics.core.catalog import load_catalog
     from renku_metrics.core.periods import period_starts_between
     from renku_metrics.core.storage import LocalStorage
+    from renku_metrics.core.value.groups import group_metrics
     from renku_metrics_tests.bench_data import bench_deployments
 
     storage = LocalStorage(root)
@@ -120,12 +163,18 @@ def _figure(name: str, root: str, days: int, start: dt.date) -> dict:
         part("aggregate", lambda: aggregate_period(storage, deployments, catalog, "week", week, now))
         part("lifecycle", lambda: engagement.lifecycle(storage, deployments, "week", week, now))
         part("retention", lambda: engagement.retention(storage, deployments, cohorts, now))
+        grouped = _with_groups(storage, deployments, week)
+        rows = []
+        part("groups", lambda: rows.append(len(group_metrics(storage, grouped, catalog, "week", [week]))))
+        info = f"{rows[0]:,} group-metric rows"
     elif name == "monthly_run":
         nxt = (month + dt.timedelta(days=32)).replace(day=1)
         now = _now(nxt)
         part("aggregate", lambda: aggregate_period(storage, deployments, catalog, "month", month, now))
         part("lifecycle", lambda: engagement.lifecycle(storage, deployments, "month", month, now))
         part("stickiness", lambda: engagement.stickiness(storage, deployments, month, now))
+        grouped = _with_groups(storage, deployments, month - dt.timedelta(days=month.weekday()))
+        part("groups", lambda: group_metrics(storage, grouped, catalog, "month", [month]))
     elif name == "recompute_weeks":
         starts = period_starts_between("week", start, d["end"])
         out = []
@@ -289,17 +338,18 @@ def scale_figures(root: Path, days: int) -> None:
         return runs[run][part_name]["seconds"]
 
     w3, w1, m3, m1 = "weekly_run_3y", "weekly_run_1y", "monthly_run_3y", "monthly_run_1y"
-    for part_name in ("aggregate", "lifecycle", "retention"):
+    for part_name in ("aggregate", "lifecycle", "retention", "groups"):
         print(
             f"weekly {part_name}, 3 years / 1 year of history: {sec(w3, part_name) / sec(w1, part_name):.2f} (~1 = flat)"
         )
-    for part_name in ("aggregate", "lifecycle", "stickiness"):
+    for part_name in ("aggregate", "lifecycle", "stickiness", "groups"):
         print(
             f"monthly {part_name}, 3 years / 1 year of history: {sec(m3, part_name) / sec(m1, part_name):.2f} (~1 = flat)"
         )
     print(
         f"3 years: weekly lifecycle / weekly aggregate: {sec(w3, 'lifecycle') / sec(w3, 'aggregate'):.2f}, "
-        f"retention / weekly aggregate: {sec(w3, 'retention') / sec(w3, 'aggregate'):.2f} (target <= 2)"
+        f"retention / weekly aggregate: {sec(w3, 'retention') / sec(w3, 'aggregate'):.2f} (target <= 2), "
+        f"groups ({GROUPS} per deployment) / weekly aggregate: {sec(w3, 'groups') / sec(w3, 'aggregate'):.2f}"
     )
     peak = max(p["peak_rss_mib"] for fig in runs.values() for p in fig.values())
     print(f"largest peak RSS of a weekly or monthly run: {peak:.0f} MiB (bound: 2048)")

@@ -51,10 +51,21 @@ RAW_EVENTS_CHECKS = [
 PERIOD_COVERAGE_CHECKS = ["coverage_complete", "days_extracted", "deployments_present", "one_row_per_key"]
 
 
-def expected_snapshot(deployments: list[str]) -> dict:
-    """The snapshot for a deployments file naming ``deployments`` (and the shipped catalog)."""
+def expected_snapshot(deployments: list[str], grouped: list[str] = ()) -> dict:
+    """The snapshot for a deployments file naming ``deployments`` (and the shipped catalog); ``grouped``:
+    those with ``groups`` configured."""
+    group_assets = (
+        {
+            **{f"group_membership/{name}": [] for name in grouped},
+            "group_metrics_weekly": ["group_counts_consistent"],
+            "group_metrics_monthly": ["group_counts_consistent"],
+        }
+        if grouped
+        else {}
+    )
     return {
         "assets": {
+            **group_assets,
             "active_users_monthly": sorted(["active_users_consistent", "freshness", *PERIOD_COVERAGE_CHECKS]),
             "active_users_weekly": sorted(["active_users_consistent", "freshness", *PERIOD_COVERAGE_CHECKS]),
             "core_actions_monthly": sorted(
@@ -110,7 +121,7 @@ def test_snapshot_of_the_shipped_definitions():
     """Renaming, adding or removing an asset, check, job, schedule, sensor or resource
     changes what the UI, run history and alerts refer to: do it here on purpose."""
     actual = snapshot(shipped_defs())
-    expected = expected_snapshot(["demo", "demo_small"])
+    expected = expected_snapshot(["demo", "demo_small"], grouped=["demo", "demo_small"])
     assert actual == expected
 
 
@@ -149,7 +160,7 @@ def test_every_asset_has_description_group_and_owner():
             continue
         assert node.description and len(node.description) > 80, key
         assert "annot see" in node.description or "Cannot see" in node.description, key
-        assert node.group_name in ("raw_events", "metrics", "engagement", "report", "digest"), key
+        assert node.group_name in ("raw_events", "metrics", "engagement", "report", "groups", "digest"), key
         assert node.owners, key
 
 

@@ -261,8 +261,13 @@ def test_webhook_sender_waits_for_retry_after_and_never_shows_the_url(webhook_si
 
 
 def test_digest_and_delivery_records_on_s3(
-    stored_weeks_once, s3_bucket, s3_endpoint, webhook_sim, tmp_path, monkeypatch
-):  # noqa: F811
+    stored_weeks_once,  # noqa: F811 (a fixture imported from test_digest)
+    s3_bucket,
+    s3_endpoint,
+    webhook_sim,
+    tmp_path,
+    monkeypatch,
+):
     """The same on an S3 root (moto server): files and delivery records in the bucket, one message."""
     from pathlib import Path
 

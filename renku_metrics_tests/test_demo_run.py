@@ -3,6 +3,8 @@ with its own numbers, and the report with its charts."""
 
 from __future__ import annotations
 
+import re
+
 from dagster import AssetKey, AssetRecordsFilter, DagsterInstance
 
 from renku_metrics.core.readers import read_metrics
@@ -17,7 +19,8 @@ def test_demo_materializes_each_period_with_its_own_numbers(tmp_path, monkeypatc
     config = tmp_path / "deployments.yaml"
     config.write_text(
         "deployments:\n"
-        "  - {name: demo, start_date: 2025-02-01, sources: {demo: {seed: 5, users: 300}}}\n"
+        "  - {name: demo, start_date: 2025-02-01, sources: {demo: {seed: 5, users: 300, academic_team: 12}},\n"
+        "     groups: {keycloak_groups: [{path: /SDSC/Academic Team}], email_domains: {epfl.ch: EPFL}}}\n"
         "  - {name: demo_small, start_date: 2025-02-01, sources: {demo: {seed: 6, users: 80, bot: false}}}\n"
     )
     root = tmp_path / "data"
@@ -30,6 +33,9 @@ def test_demo_materializes_each_period_with_its_own_numbers(tmp_path, monkeypatc
     out = capsys.readouterr().out
     assert "weekly_metrics 2025-03-17..2025-03-31: 3 runs, one per period" in out
     assert "monthly_metrics 2025-03-01..2025-03-01: 1 runs, one per period" in out
+    # The group metrics of the last week and month, per deployment and for all.
+    assert "Group metrics, week of 2025-03-31" in out and "Group metrics, month of 2025-03-01" in out
+    assert re.search(r"2025-03-31  demo\s+/SDSC/Academic Team\s+members \d+, active \d+, start_session", out)
 
     with DagsterInstance.get() as instance:
         for period, key, expected in (

@@ -53,6 +53,7 @@ import pyarrow as pa
 
 from renku_metrics.core.config import Deployment
 from renku_metrics.core.coverage import DeploymentDays, day_status
+from renku_metrics.core.events import ACTIONS
 from renku_metrics.core.layout import (
     changed_day_of_key,
     day_index_key,
@@ -79,6 +80,9 @@ USER_WEEKS_SCHEMA = pa.schema(
         pa.field("user_id", pa.string(), nullable=False),
         pa.field("days", pa.uint8(), nullable=False),  # bit i: active on Monday + i days
         pa.field("first_day", pa.date32(), nullable=False),
+        # bit 7 * a + i: did action ACTIONS[a] on Monday + i days (the per-action user sets of
+        # the week and of any month, for group metrics: core/value/groups.py)
+        pa.field("action_days", pa.uint64(), nullable=False),
     ]
 )
 FIRST_SEEN_SCHEMA = pa.schema(
@@ -164,9 +168,10 @@ def week_signature(deployment: Deployment, week: dt.date, days: dict[dt.date, tu
 
 
 def store_user_week(storage: Storage, name: str, week: dt.date, table: pa.Table, signature: str) -> pa.Table:
-    """Write one user week (columns user_id, days, first_day) with the signature of what it was built from."""
+    """Write one user week (columns user_id, days, first_day, action_days) with the signature of what it
+    was built from."""
     table = _with_meta(
-        table.select(["user_id", "days", "first_day"]).cast(USER_WEEKS_SCHEMA),
+        table.select(["user_id", "days", "first_day", "action_days"]).cast(USER_WEEKS_SCHEMA),
         {
             "format": STATE_FORMAT,
             "signature": signature,
@@ -180,6 +185,12 @@ def store_user_week(storage: Storage, name: str, week: dt.date, table: pa.Table,
 # the ISO week as a bitmask (bit i: Monday + i days) and the first of them (UTC days).
 USER_DAYS_SQL = "CAST(bit_or(CAST(1 AS UTINYINT) << CAST(isodow(CAST({ts} AS DATE)) - 1 AS INTEGER)) AS UTINYINT)"
 USER_FIRST_DAY_SQL = "min(CAST({ts} AS DATE))"
+# Each action's days as one bitmask: bit 7 * a + i for ACTIONS[a] on Monday + i days.
+USER_ACTION_DAYS_SQL = (
+    "coalesce(bit_or(CAST(1 AS UBIGINT) << CAST(7 * (CASE {action} "
+    + " ".join(f"WHEN '{a}' THEN {i}" for i, a in enumerate(ACTIONS))
+    + " END) + isodow(CAST({ts} AS DATE)) - 1 AS INTEGER)), CAST(0 AS UBIGINT))"
+)
 
 
 # How far back a day index re-reads the raw-change log at each use: a change note is
@@ -318,7 +329,8 @@ class DeploymentActivity:
             if sig is None or week in self._weeks:
                 continue
             table = _read_state(self.storage, user_weeks_key(self.name, week))
-            if table is not None and _meta_of(table).get("signature") == sig:
+            # A user week written before action_days existed is rebuilt like a stale one.
+            if table is not None and _meta_of(table).get("signature") == sig and "action_days" in table.column_names:
                 self._weeks[week] = table.cast(USER_WEEKS_SCHEMA)
             else:
                 missing.append(week)
@@ -345,11 +357,11 @@ class DeploymentActivity:
             built = con.sql(
                 """
                 SELECT CAST(date_trunc('week', occurred_at) AS DATE) AS week, user_id,
-                       {days} AS days, {first_day} AS first_day
+                       {days} AS days, {first_day} AS first_day, {action_days} AS action_days
                 FROM read_parquet($paths) GROUP BY ALL ORDER BY week, user_id
-                """.replace("{days}", USER_DAYS_SQL.format(ts="occurred_at")).replace(
-                    "{first_day}", USER_FIRST_DAY_SQL.format(ts="occurred_at")
-                ),
+                """.replace("{days}", USER_DAYS_SQL.format(ts="occurred_at"))
+                .replace("{first_day}", USER_FIRST_DAY_SQL.format(ts="occurred_at"))
+                .replace("{action_days}", USER_ACTION_DAYS_SQL.format(ts="occurred_at", action="action")),
                 params={"paths": paths},
             ).to_arrow_table()
         week_col = built.column("week").to_pylist()

@@ -39,6 +39,7 @@ from renku_metrics.core.errors import ConfigError
 from renku_metrics.core.events import is_user_key, pseudonymize_user
 from renku_metrics.core.sources import SOURCE_MODULES, source_module
 from renku_metrics.core.sources.base import SettingsBase
+from renku_metrics.core.sources.groups import GroupsSettings
 from renku_metrics.core.validation import YamlError, iso_day, load_yaml, one_line
 
 DEFAULT_DEPLOYMENTS_FILE = "deployments.yaml"
@@ -57,6 +58,8 @@ class Deployment:
     # True when the deployment had no activity before start_date: a period that starts
     # before it is then not "partly before history", and first-seen users are new.
     launched_on_start_date: bool = False
+    # Group membership (docs/groups.md): Keycloak groups, organizations, e-mail domains, user lists.
+    groups: GroupsSettings | None = None
 
     def excluded_user_keys(self) -> list[str]:
         """Exclusions as stored user keys (Keycloak ids are pseudonymized)."""
@@ -98,6 +101,7 @@ class DeploymentEntry(BaseModel):
     excluded_users: list[_UserId] | None = None
     description: str = ""
     launched_on_start_date: bool = False
+    groups: dict[str, Any] | None = None
 
     @field_validator("name")
     @classmethod
@@ -123,6 +127,7 @@ _ENTRY_MESSAGES = {
     "excluded_users": "excluded_users must be a list of user ids",
     "description": "description must be text",
     "launched_on_start_date": "launched_on_start_date must be true or false, got {got}",
+    "groups": "groups must be a mapping (see docs/groups.md), got {got}",
 }
 
 
@@ -168,6 +173,14 @@ def _deployment(item: Any, index: int, path: str) -> Deployment:
         if source_type not in SOURCE_MODULES:
             raise ConfigError(f"{swhere}: unknown source type (allowed: {', '.join(sorted(SOURCE_MODULES))})")
         sources[source_type] = source_module(source_type).Settings.from_mapping(settings_raw, swhere)
+    groups = None
+    if entry.groups is not None:
+        groups = GroupsSettings.from_mapping(entry.groups, where, str(Path(path).resolve().parent))
+        if groups.uses_directory and not ({"keycloak", "demo"} & set(sources)):
+            raise ConfigError(
+                f"{where}: groups: keycloak_groups, organizations and email_domains read the realm of "
+                "sources.keycloak, which this deployment does not have"
+            )
     return Deployment(
         name=entry.name,
         start_date=entry.start_date,
@@ -175,6 +188,7 @@ def _deployment(item: Any, index: int, path: str) -> Deployment:
         excluded_users=tuple(entry.excluded_users or ()),
         description=entry.description,
         launched_on_start_date=entry.launched_on_start_date,
+        groups=groups,
     )
 
 

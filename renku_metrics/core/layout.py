@@ -137,3 +137,25 @@ def digest_key(week: dt.date, file: str) -> str:
 
 def delivery_record_key(week: dt.date, channel: str) -> str:
     return f"deliveries/{DIGEST_REPORT}/week={week.isoformat()}/{channel}.json"
+
+
+# Group membership snapshots (renku_metrics.core.value.groups): one object per deployment and
+# weekly partition, named by the day the snapshot was taken:
+#   groups/membership/deployment=<name>/week=YYYY-MM-DD/snapshot=YYYY-MM-DD.parquet
+_SNAPSHOT_IN_KEY = re.compile(r"/week=(\d{4}-\d{2}-\d{2})/snapshot=(\d{4}-\d{2}-\d{2})\.parquet$")
+
+
+def membership_prefix(deployment: str) -> str:
+    return f"groups/membership/deployment={deployment}/"
+
+
+def membership_key(deployment: str, week: dt.date, snapshot_date: dt.date) -> str:
+    return f"{membership_prefix(deployment)}week={week.isoformat()}/snapshot={snapshot_date.isoformat()}.parquet"
+
+
+def membership_of_key(key: str) -> tuple[dt.date, dt.date] | None:
+    """(partition week, snapshot date) of a membership key; None for any other key."""
+    match = _SNAPSHOT_IN_KEY.search(key)
+    if not match:
+        return None
+    return dt.date.fromisoformat(match.group(1)), dt.date.fromisoformat(match.group(2))

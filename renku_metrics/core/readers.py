@@ -140,3 +140,29 @@ def read_retention(storage: Storage | str | None = None, complete_only: bool = F
         if col.startswith("retained_w"):
             frame[col] = frame[col].astype("Int64")
     return _dates(frame, ("observed_until",))
+
+
+# Group metrics (renku_metrics.core.value.groups, docs/groups.md).
+
+
+def read_group_metrics(
+    period: str = "week",
+    group: str | None = None,
+    deployment: str | None = None,
+    storage: Storage | str | None = None,
+    complete_only: bool = False,
+) -> pd.DataFrame:
+    """Core-action metrics per group: period_start, period_end, deployment (incl. "all"), group,
+    group_kind, metric (catalog metrics and "active_users"), members, active_members, users
+    (Int64, null when withheld), pct_of_members, pct_of_active_members, membership_as_of (the
+    membership snapshot used), complete, withheld_reason (set for a group below its minimum size)."""
+    frame = _table("group_metrics", period, storage, complete_only, ["period_start", "deployment", "group", "metric"])
+    if frame.empty:
+        return frame
+    if group is not None:
+        frame = frame[frame["group"] == group]
+    if deployment is not None:
+        frame = frame[frame["deployment"] == deployment]
+    for col in ("members", "active_members", "users"):
+        frame[col] = frame[col].astype("Int64")
+    return _dates(frame, ("membership_as_of",)).reset_index(drop=True)

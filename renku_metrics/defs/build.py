@@ -21,6 +21,7 @@ from renku_metrics.defs.digest.assets import build_digest_asset
 from renku_metrics.defs.digest.schedules import build_digest_job_and_schedule
 from renku_metrics.defs.engagement.assets import build_engagement_assets
 from renku_metrics.defs.freshness import build_freshness_checks, build_freshness_sensor
+from renku_metrics.defs.groups.assets import build_group_assets
 from renku_metrics.defs.raw_events.assets import build_raw_events_asset
 from renku_metrics.defs.raw_events.checks import raw_events_freshness_rules
 from renku_metrics.defs.raw_events.schedules import build_daily_extract_schedule
@@ -47,8 +48,11 @@ def build_defs(
     weekly = build_metric_assets(config, catalog, "week")
     monthly = build_metric_assets(config, catalog, "month")
     engagement = build_engagement_assets(config)
+    group_assets = build_group_assets(config, catalog)
     for period, assets in (("week", weekly), ("month", monthly)):
-        job, schedule = build_period_job_and_schedule(config, period, [*assets, *engagement[period]])
+        job, schedule = build_period_job_and_schedule(
+            config, period, [*assets, *engagement[period], *group_assets[period]]
+        )
         jobs.append(job)
         schedules.append(schedule)
     report = build_report_asset()
@@ -68,7 +72,17 @@ def build_defs(
         ),
     }
     return Definitions(
-        assets=[*raw_assets, *weekly, *monthly, *engagement["week"], *engagement["month"], report, digest],
+        assets=[
+            *raw_assets,
+            *weekly,
+            *monthly,
+            *engagement["week"],
+            *engagement["month"],
+            report,
+            *group_assets["week"],
+            *group_assets["month"],
+            digest,
+        ],
         asset_checks=[build_freshness_checks(freshness)],
         jobs=jobs,
         schedules=schedules,

@@ -194,6 +194,14 @@ def main(argv: list[str] | None = None) -> int:
     with pd.option_context("display.width", 200, "display.max_rows", 200, "display.max_columns", 20):
         print("\nWeekly core-action users (share of active users), last complete weeks:\n")
         print(table.reset_index().to_string(index=False))
+    from renku_metrics.core.readers import read_group_metrics
+    from renku_metrics.core.value.groups import summary
+
+    for period, last in (("week", last_week), ("month", steps["months"][1] if steps["months"] else None)):
+        frame = read_group_metrics(period, storage=storage)
+        if last is not None and not frame.empty:
+            print(f"\nGroup metrics, {period} of {last} (users as a share of members):\n")
+            print(summary(frame[frame["period_start"] == last]))
     print(f"\nData under {storage.root}; `make dev` opens the UI with these runs.")
     return 0
 

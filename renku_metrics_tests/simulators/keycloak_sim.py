@@ -20,6 +20,17 @@ Behaviour (SOURCES.md, and Keycloak's RealmAdminResource/JpaEventQuery):
 * Retention: with ``events_expiration_seconds`` set, events older than
   ``now() - expiration`` are deleted before every query (Renku's realm setup
   uses 86400 s).
+* Groups, users and organizations (SOURCES.md "Keycloak: groups and
+  organizations"): ``GET /groups`` (top-level groups; ``search`` fills
+  ``subGroups``), ``/group-by-path/{path}`` (404 when absent),
+  ``/groups/{id}/children`` (default ``max=10``), ``/groups/{id}/members``
+  (direct members only, default ``max=100``), ``/users`` (default ``max=100``),
+  ``/organizations`` and ``/organizations/{id}/members`` (default ``max=10``;
+  404 "Organizations not enabled for this realm" unless
+  ``organizations_enabled``). All page by ``first``/``max``. Listing groups
+  needs ``view-users``, ``manage-users`` or ``query-groups``; children, members
+  and users need ``view-users`` (403 otherwise); organizations need
+  ``view-users``, or ``manage-realm`` when ``organizations_need_manage_realm``.
 """
 
 from __future__ import annotations
@@ -74,6 +85,11 @@ class KeycloakSimulator(SimulatorServer):
         self.expire_tokens_after_requests: int | None = None
         self._authenticated_requests = 0
         self._seq = itertools.count()
+        self.users: dict[str, dict[str, Any]] = {}
+        self.groups: dict[str, dict[str, Any]] = {}  # id -> {id, name, parentId, members: [user ids]}
+        self.organizations_enabled = False
+        self.organizations_need_manage_realm = False
+        self.organizations: dict[str, dict[str, Any]] = {}  # id -> {id, name, alias, members: [...]}
 
     @property
     def base_url(self) -> str:
@@ -121,6 +137,60 @@ class KeycloakSimulator(SimulatorServer):
     def add_login(self, time: dt.datetime | int, user_id: str, **kwargs: Any) -> dict[str, Any]:
         return self.add_event(time, user_id, type="LOGIN", **kwargs)
 
+    def add_user(self, user_id: str | None = None, email: str | None = None, username: str | None = None) -> str:
+        user_id = user_id or str(uuid.uuid4())
+        n = len(self.users)
+        self.users[user_id] = {
+            "id": user_id,
+            "username": username or f"user{n}",
+            "firstName": "Jane",
+            "lastName": f"Doe{n}",
+            "email": email,
+            "emailVerified": True,
+            "enabled": True,
+            "createdTimestamp": 1700000000000 + n,
+            "attributes": {"affiliation": ["somewhere"]},
+        }
+        return user_id
+
+    def add_group(self, name: str, parent: str | None = None, members: list[str] = ()) -> str:
+        """A group (under ``parent``, a group id) with direct ``members`` (user ids, added as users)."""
+        group_id = str(uuid.uuid4())
+        self.groups[group_id] = {"id": group_id, "name": name, "parentId": parent, "members": []}
+        for user in members:
+            self.add_member(group_id, user)
+        return group_id
+
+    def add_member(self, group_id: str, user_id: str) -> None:
+        if user_id not in self.users:
+            self.add_user(user_id, email=f"{user_id[:8]}@example.org")
+        if user_id not in self.groups[group_id]["members"]:
+            self.groups[group_id]["members"].append(user_id)
+
+    def remove_member(self, group_id: str, user_id: str) -> None:
+        self.groups[group_id]["members"].remove(user_id)
+
+    def add_organization(self, name: str, members: list[str] = (), alias: str | None = None) -> str:
+        org_id = str(uuid.uuid4())
+        for user in members:
+            if user not in self.users:
+                self.add_user(user, email=f"{user[:8]}@example.org")
+        self.organizations[org_id] = {
+            "id": org_id,
+            "name": name,
+            "alias": alias or name.lower().replace(" ", "-"),
+            "enabled": True,
+            "description": "",
+            "domains": [],
+            "members": list(members),
+        }
+        return org_id
+
+    def group_path(self, group_id: str) -> str:
+        group = self.groups[group_id]
+        parent = group["parentId"]
+        return (self.group_path(parent) if parent else "") + "/" + group["name"]
+
     def revoke_tokens(self) -> None:
         """Every issued token becomes invalid (as if it had expired)."""
         self.tokens.clear()
@@ -135,6 +205,11 @@ class KeycloakSimulator(SimulatorServer):
             return self._token(request)
         if request.path == events_path and request.method == "GET":
             return self._events(request)
+        admin = f"{prefix}/admin/realms/{self.realm}"
+        if request.method == "GET" and request.path.startswith(admin + "/"):
+            answer = self._directory(request, request.path[len(admin) :])
+            if answer is not None:
+                return answer
         if re.fullmatch(rf"{re.escape(prefix)}/(admin/)?realms/[^/]+(/.*)?", request.path):
             return Response.json({"error": "Realm not found."}, status=404)
         return Response.json({"error": "RESTEASY003210: Could not find resource"}, status=404)
@@ -168,7 +243,7 @@ class KeycloakSimulator(SimulatorServer):
             }
         )
 
-    def _authorized(self, request: Request) -> Response | None:
+    def _authorized(self, request: Request, any_of: tuple[str, ...] = ("view-events",)) -> Response | None:
         header = request.header("Authorization") or ""
         token = header[7:] if header.startswith("Bearer ") else ""
         expiry = self.tokens.get(token)
@@ -176,7 +251,7 @@ class KeycloakSimulator(SimulatorServer):
             self.tokens.pop(token, None)
             self.unauthorized_responses += 1
             return Response.json({"error": "HTTP 401 Unauthorized"}, status=401)
-        if "view-events" not in self.roles:
+        if not set(any_of) & set(self.roles):
             return Response.json({"error": "unknown_error"}, status=403)
         self._authenticated_requests += 1
         limit = self.expire_tokens_after_requests
@@ -234,3 +309,89 @@ class KeycloakSimulator(SimulatorServer):
         size = int(request.arg("max") or 100)
         page = selected[first : first + size]
         return Response.json([{k: v for k, v in e.items() if not k.startswith("_")} for e in page])
+
+    # -- groups, users, organizations -----------------------------------------
+
+    @staticmethod
+    def _paged(request: Request, items: list[Any], default_max: int) -> Response:
+        first = int(request.arg("first") or 0)
+        size = int(request.arg("max") or default_max)
+        return Response.json(items[first : first + size] if size >= 0 else items[first:])
+
+    def _group_json(self, group_id: str, brief: bool = True) -> dict[str, Any]:
+        group = self.groups[group_id]
+        children = [g for g in self.groups.values() if g["parentId"] == group_id]
+        out = {
+            "id": group_id,
+            "name": group["name"],
+            "path": self.group_path(group_id),
+            "parentId": group["parentId"],
+            "subGroupCount": len(children),
+            "subGroups": [],
+        }
+        if not brief:
+            out["attributes"] = {}
+        return out
+
+    def _user_json(self, user_id: str, brief: bool) -> dict[str, Any]:
+        user = dict(self.users[user_id])
+        if brief:
+            user.pop("attributes", None)
+        return user
+
+    def _directory(self, request: Request, path: str) -> Response | None:
+        view_users = ("view-users", "manage-users")
+        brief = (request.arg("briefRepresentation") or "false") == "true"
+        if path == "/groups":
+            denied = self._authorized(request, ("view-users", "manage-users", "query-groups"))
+            if denied is not None:
+                return denied
+            top = [self._group_json(g) for g in self.groups if self.groups[g]["parentId"] is None]
+            return self._paged(request, sorted(top, key=lambda g: g["name"]), 100)
+        if path.startswith("/group-by-path/"):
+            denied = self._authorized(request, ("view-users", "manage-users", "query-groups"))
+            if denied is not None:
+                return denied
+            wanted = "/" + unquote(path[len("/group-by-path/") :]).strip("/")
+            for group_id in self.groups:
+                if self.group_path(group_id) == wanted:
+                    return Response.json(self._group_json(group_id, brief=False))
+            return Response.json({"error": "Group path does not exist"}, status=404)
+        match = re.fullmatch(r"/groups/([^/]+)/(children|members)", path)
+        if match:
+            denied = self._authorized(request, view_users)
+            if denied is not None:
+                return denied
+            group_id, what = match.groups()
+            if group_id not in self.groups:
+                return Response.json({"error": "Could not find group by id"}, status=404)
+            if what == "children":
+                kids = sorted((g for g in self.groups.values() if g["parentId"] == group_id), key=lambda g: g["name"])
+                return self._paged(request, [self._group_json(g["id"]) for g in kids], 10)
+            members = [self._user_json(u, brief) for u in self.groups[group_id]["members"]]
+            return self._paged(request, members, 100)
+        if path == "/users":
+            denied = self._authorized(request, view_users)
+            if denied is not None:
+                return denied
+            return self._paged(request, [self._user_json(u, brief) for u in self.users], 100)
+        match = re.fullmatch(r"/organizations(?:/([^/]+)/members)?", path)
+        if match:
+            needed = ("manage-realm",) if self.organizations_need_manage_realm else view_users
+            denied = self._authorized(request, needed)
+            if denied is not None:
+                return denied
+            if not self.organizations_enabled:
+                return Response.json({"error": "Organizations not enabled for this realm."}, status=404)
+            org_id = match.group(1)
+            if org_id is None:
+                orgs = [{k: v for k, v in o.items() if k != "members"} for o in self.organizations.values()]
+                return self._paged(request, orgs, 10)
+            if org_id not in self.organizations:
+                return Response.json({"error": "Organization not found"}, status=404)
+            members = [
+                {**self._user_json(u, False), "membershipType": "UNMANAGED"}
+                for u in self.organizations[org_id]["members"]
+            ]
+            return self._paged(request, members, 10)
+        return None

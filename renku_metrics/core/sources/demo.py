@@ -39,6 +39,13 @@ class Settings(SettingsBase):
     horizon_days: int = 6 * 365  # sign-ups spread over this many days, growing
     projects_per_user: int = 3
     bot: bool = True
+    # Groups (docs/groups.md): an "Academic Team" of this many members (0: the demo has no groups),
+    # a few of whom leave it and a few others join it between team_changes_from and team_changes_to,
+    # and a "Data Stewards" team of small_team members. Users get e-mail domains of Swiss institutions.
+    academic_team: int = 0
+    small_team: int = 3
+    team_changes_from: dt.date = dt.date(2025, 3, 1)
+    team_changes_to: dt.date = dt.date(2026, 10, 31)
 
 
 @dataclass(frozen=True)
@@ -55,6 +62,7 @@ class Population:
     p_session: np.ndarray
     projects: np.ndarray  # (users, projects_per_user) project ids
     project_visibility: dict[int, str]
+    teams: dict[str, list[tuple[int, int, int]]]  # group path -> (user index, joined, left) day ordinals
 
 
 @functools.lru_cache(maxsize=8)
@@ -81,6 +89,7 @@ def build_population(settings: Settings) -> Population:
         ]
     )
     user_keys = np.array([pseudonymize_user(k) for k in keycloak_ids])
+    teams = _build_teams(settings, signup, churn, propensity, p_login, p_session)
     k = settings.projects_per_user
     projects = np.arange(n * k).reshape(n, k) + 1000
     vis_draw = rng.random(n * k)
@@ -98,7 +107,100 @@ def build_population(settings: Settings) -> Population:
         p_session=p_session,
         projects=projects,
         project_visibility=dict(zip(projects.ravel().tolist(), visibility.tolist(), strict=False)),
+        teams=teams,
     )
+
+
+ACADEMIC_TEAM = "/SDSC/Academic Team"
+SMALL_TEAM = "/SDSC/Data Stewards"
+_NEVER = dt.date(9999, 1, 1).toordinal()
+# E-mail domains of the demo's users (shares): Swiss institutions, a subdomain, and others.
+DEMO_EMAIL_DOMAINS = (
+    ("ethz.ch", 0.10),
+    ("inf.ethz.ch", 0.04),
+    ("epfl.ch", 0.14),
+    ("uzh.ch", 0.08),
+    ("unibas.ch", 0.05),
+    ("psi.ch", 0.04),
+    ("gmail.com", 0.35),
+    ("example.org", 0.20),
+)
+
+
+def _build_teams(settings, signup, churn, propensity, p_login, p_session) -> dict[str, list[tuple[int, int, int]]]:
+    """The demo's teams, drawn from early users with their own generator (other users are unchanged).
+
+    Team members stay on the platform; about half of the Academic Team works on it every week and
+    the others only now and then, so that roughly half of the team starts a session in a month.
+    The arrays are changed in place (before the population is frozen).
+    """
+    if settings.academic_team <= 0:
+        return {}
+    rng = np.random.default_rng([settings.seed, 20_251_031])
+    n = len(signup)
+    changers = max(2, settings.academic_team // 8)
+    wanted = settings.academic_team + changers + settings.small_team
+    early = np.argsort(signup, kind="stable")[: max(wanted, int(0.4 * n))]
+    chosen = rng.choice(early, size=min(wanted, len(early)), replace=False)
+    lo, hi = settings.team_changes_from.toordinal(), settings.team_changes_to.toordinal()
+    academic, small = [], []
+    for rank, user in enumerate(chosen.tolist()):
+        churn[user] = _NEVER
+        if rank < settings.academic_team + changers:
+            regular = rank % 2 == 0
+            propensity[user] = 0.22 if regular else 0.012
+            p_login[user] = 0.9
+            p_session[user] = 0.6 if regular else 0.3
+            joined, left = int(signup[user]), _NEVER
+            if rank < changers:  # leaves the team on a day between the change dates
+                left = int(rng.integers(lo, hi))
+            elif rank >= settings.academic_team:  # joins it on such a day
+                joined = max(joined, int(rng.integers(lo, hi)))
+            academic.append((user, joined, left))
+        else:
+            small.append((user, int(signup[user]), _NEVER))
+    return {ACADEMIC_TEAM: academic, SMALL_TEAM: small}
+
+
+class DemoDirectory:
+    """The demo's users and teams as Keycloak would list them on ``day`` (membership has history)."""
+
+    def __init__(self, settings: Settings, day: dt.date) -> None:
+        self.settings = settings
+        self.day = day
+        self.population = build_population(settings)
+
+    def group_members(self, path: str, subgroups: bool) -> set[str]:
+        from renku_metrics.core.sources.base import SourceError
+
+        ordinal = self.day.toordinal()
+        found = False
+        members: set[str] = set()
+        for team, rows in self.population.teams.items():
+            if team == path or (subgroups and team.startswith(path.rstrip("/") + "/")):
+                found = True
+                members |= {
+                    str(self.population.keycloak_ids[u]) for u, joined, left in rows if joined <= ordinal < left
+                }
+        if not found:
+            raise SourceError(f"source 'demo': group {path!r} not found (the demo has {sorted(self.population.teams)})")
+        return members
+
+    def organizations(self) -> dict[str, set[str]]:
+        return {}
+
+    def users(self):
+        """Every user signed up by ``day``, with a synthetic e-mail address (made here, never stored)."""
+        pop = self.population
+        rng = np.random.default_rng([self.settings.seed, 4_242])
+        names = [d for d, _ in DEMO_EMAIL_DOMAINS]
+        shares = np.array([w for _, w in DEMO_EMAIL_DOMAINS])
+        domains = rng.choice(len(names), size=len(pop.signup), p=shares / shares.sum())
+        team = {u for rows in pop.teams.values() for u, _, _ in rows}
+        ordinal = self.day.toordinal()
+        for i in np.flatnonzero(pop.signup <= ordinal).tolist():
+            domain = ("sdsc.ethz.ch" if i % 2 else "epfl.ch") if i in team else names[domains[i]]
+            yield str(pop.keycloak_ids[i]), f"user{i}@{domain.upper() if i % 7 == 0 else domain}"
 
 
 def season_factor(day: dt.date) -> float:
