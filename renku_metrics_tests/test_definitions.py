@@ -48,6 +48,14 @@ RAW_EVENTS_CHECKS = [
     "unique_event_ids",
     "user_ids_present",
 ]
+# One warning check per target of the shipped targets file (core/targets.yaml).
+TARGET_CHECKS = [
+    "target_academic_team_sessions",
+    "target_commit_share_monthly",
+    "target_commit_users_weekly",
+    "target_dataset_share_monthly",
+    "target_session_users_weekly",
+]
 PERIOD_COVERAGE_CHECKS = ["coverage_complete", "days_extracted", "deployments_present", "one_row_per_key"]
 
 
@@ -62,7 +70,6 @@ def expected_snapshot(deployments: list[str]) -> dict:
                     *PERIOD_COVERAGE_CHECKS,
                     "freshness",
                     "pct_within_0_100",
-                    "target_commit_all_pct_ge_30",
                     "users_within_active_users",
                 ]
             ),
@@ -71,7 +78,6 @@ def expected_snapshot(deployments: list[str]) -> dict:
                     *PERIOD_COVERAGE_CHECKS,
                     "freshness",
                     "pct_within_0_100",
-                    "target_commit_all_users_ge_100",
                     "users_within_active_users",
                 ]
             ),
@@ -81,12 +87,14 @@ def expected_snapshot(deployments: list[str]) -> dict:
             **{f"raw_events/{name}": RAW_EVENTS_CHECKS for name in deployments},
             "retention_weekly": ["deployments_present", "freshness", "one_row_per_key", "retained_within_cohort"],
             "stickiness_monthly": ["deployments_present", "freshness", "one_row_per_key", "ratios_within_0_1"],
+            "target_status": TARGET_CHECKS,
         },
         "jobs": sorted(
             [
                 *(f"{name}_daily_extract" for name in deployments),
                 "metrics_report_job",
                 "monthly_metrics",
+                "target_status_job",
                 "weekly_metrics",
             ]
         ),
@@ -95,7 +103,7 @@ def expected_snapshot(deployments: list[str]) -> dict:
             "monthly_metrics_schedule": "0 5 1 * *",
             "weekly_metrics_schedule": "0 4 * * 1",  # Mondays
         },
-        "sensors": ["freshness_checks_sensor", "metrics_report_sensor"],
+        "sensors": ["freshness_checks_sensor", "metrics_report_sensor", "target_status_sensor"],
         "resources": ["metrics_storage"],
     }
 
@@ -141,7 +149,7 @@ def test_every_asset_has_description_group_and_owner():
         node = graph.get(key)
         assert node.description and len(node.description) > 80, key
         assert "annot see" in node.description or "Cannot see" in node.description, key
-        assert node.group_name in ("raw_events", "metrics", "engagement", "report"), key
+        assert node.group_name in ("raw_events", "metrics", "engagement", "report", "targets"), key
         assert node.owners, key
 
 

@@ -35,7 +35,6 @@ def build_target_status_job_and_sensor(asset_def: AssetsDefinition, upstream: li
     job = define_asset_job(
         f"{TABLE}_job",
         selection=[asset_def.key],
-        partitions_def=asset_def.partitions_def,
         description="Evaluate every target as of a week.",
     )
 
