@@ -66,7 +66,9 @@ def test_file_errors(tmp_path):
     with pytest.raises(CatalogError, match="not valid YAML"):
         load_catalog(bad)
     duplicate = tmp_path / "duplicate.yaml"
-    duplicate.write_text(CATALOG_FILE.read_text().replace("    status: active\n", "    status: active\n    status: active\n", 1))
+    duplicate.write_text(
+        CATALOG_FILE.read_text().replace("    status: active\n", "    status: active\n    status: active\n", 1)
+    )
     with pytest.raises(CatalogError, match="duplicate key 'status'"):
         load_catalog(duplicate)
     with pytest.raises(CatalogError, match="not found"):

@@ -317,7 +317,7 @@ def read_table(storage: Storage, table: str) -> pd.DataFrame:
     frames = [storage.read_parquet(k) for k in keys]
     if not frames:
         return pd.DataFrame()
-    return pa.concat_tables(frames, promote_options="default").to_pandas()
+    return pa.concat_tables(frames, promote_options="permissive").to_pandas()
 
 
 class SeriesLoader:
