@@ -139,3 +139,42 @@ def lifecycle_chart(frame: pd.DataFrame, title: str) -> Figure:
     fig.autofmt_xdate()
     fig.tight_layout()
     return fig
+
+
+def target_chart(rows: pd.DataFrame, title: str) -> Figure:
+    """One target's latest evaluation (its rows of ``read_target_status`` with the largest
+    ``evaluated_week``): the value per period, the expected path from the baseline to the
+    goal, the projected trend at the deadline and the goal line; periods without a value
+    (no_data) are left as gaps."""
+    rows = rows.sort_values("period_start")
+    fig = Figure(figsize=(10, 3.2), dpi=80)
+    ax = fig.subplots()
+    if rows.empty:
+        ax.text(0.5, 0.5, "no evaluation stored", ha="center", va="center", transform=ax.transAxes)
+    else:
+        first = rows.iloc[0]
+        x = pd.to_datetime(rows["period_start"])
+        deadline = pd.Timestamp(first["by"])
+        ax.plot(x, rows["value"].astype("float64"), marker="o", ms=4, color="C0", label="value")
+        ax.plot(x, rows["expected"].astype("float64"), ls="--", color="C2", label="expected path")
+        baseline, goal = first["baseline"], float(first["goal"])
+        if not pd.isna(baseline):
+            start = x[rows["expected"].notna().to_numpy()].min()
+            ax.plot([start, deadline], [baseline, goal], ls=":", color="C2", alpha=0.6)
+        ax.axhline(goal, color="C3", lw=1, label=f"goal {first['comparison']} {goal:g}")
+        ax.axvline(deadline, color="grey", lw=0.8, ls=":", label=f"deadline {deadline.date()}")
+        projected = rows["projected"].dropna()
+        if not projected.empty:
+            ax.plot([deadline], [projected.iloc[-1]], marker="x", color="C1", ls="none", label="projected")
+        if rows["value"].isna().all():
+            reason = str(rows["reason"].iloc[-1])
+            ax.text(0.02, 0.5, f"no data: {reason}"[:110], transform=ax.transAxes, fontsize=8, va="center")
+        status = rows["status"].iloc[-1]
+        ax.set_title(f"status: {status}", loc="left", fontsize=10)
+        ax.set_ylabel("% of members" if first["measure"] == "pct_of_members" else first["measure"])
+    ax.grid(alpha=0.3)
+    ax.legend(frameon=False, fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    fig.suptitle(title, fontsize=11)
+    fig.autofmt_xdate()
+    fig.tight_layout()
+    return fig

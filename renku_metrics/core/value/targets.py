@@ -543,3 +543,36 @@ def latest_status(frame: pd.DataFrame) -> pd.DataFrame:
         return frame
     newest = frame[frame["evaluated_week"] == frame.groupby("target")["evaluated_week"].transform("max")]
     return newest.sort_values("period_start").groupby("target", sort=False).tail(1).sort_values("target")
+
+
+def weeks_left(row: Mapping[str, Any]) -> int:
+    """Whole weeks from the end of the evaluated week to the deadline (0 once it has passed)."""
+    end = evaluation_end(pd.Timestamp(row["evaluated_week"]).date())
+    return max(0, (pd.Timestamp(row["by"]).date() - end).days // 7)
+
+
+def latest_evaluation(frame: pd.DataFrame) -> pd.DataFrame:
+    """Each target's rows of its latest evaluation (the largest ``evaluated_week``)."""
+    if frame.empty:
+        return frame
+    return frame[frame["evaluated_week"] == frame.groupby("target")["evaluated_week"].transform("max")]
+
+
+def targets_markdown(frame: pd.DataFrame) -> str:
+    """The latest status of every target as a markdown table: status, value vs expected,
+    goal, deadline and weeks left (``frame``: rows of ``read_target_status``)."""
+    lines = [
+        "| target | scope | period | status | value | expected | goal | deadline | weeks left | owner |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in latest_status(frame).to_dict("records"):
+        group = r.get("group")
+        scope = f"{group} ({r['deployment']})" if isinstance(group, str) and group else r["deployment"]
+        value = _fmt(_float(r["value"]))
+        status = r["status"] if r["status"] != "no_data" else f"no_data: {r['reason']}"
+        lines.append(
+            f"| {r['target']} | {scope} | {r['period']} {r['period_start']} | {status} | {value} "
+            f"| {_fmt(_float(r['expected']))} | {r['comparison']} {r['goal']:g} | {r['by']} | {weeks_left(r)} "
+            f"| {r['owner']} |"
+        )
+    return "\n".join(lines)
