@@ -481,3 +481,58 @@ def test_materialize_target_status_against_local_storage(tmp_path):
     ).success
     assert len(read_target_status(storage=str(root))) == 4
     assert len(read_target_status("team", storage=str(root))) == 1
+
+
+def test_target_status_on_s3(s3_endpoint, s3_bucket):
+    storage = open_storage(f"s3://{s3_bucket}/metrics-root", endpoint_url=s3_endpoint)
+    for i, users in enumerate([10, 13]):
+        storage.write_frame(
+            metrics_key("core_actions_weekly", WEEKS[i]), core_rows(WEEKS[i], "week", {("all", "commit"): (users, 50)})
+        )
+    frame = target_status(storage, [target()], WEEKS[1])
+    storage.write_frame(metrics_key("target_status", WEEKS[1]), frame)
+    stored = read_target_status(storage=storage)
+    assert list(stored["value"]) == [10.0, 13.0] and list(stored["status"]) == ["on_track", "on_track"]
+    assert list(stored["expected"]) == [10.0, 12.5]
+
+
+def test_report_shows_targets_with_weeks_left_and_a_chart_per_group_target():
+    from renku_metrics.defs.report.assets import targets_section
+
+    team = target(id="team", group=ACADEMIC, deployment="demo", measure="pct_of_members", value=50.0)
+    rows = [
+        *[{**r, "evaluated_week": WEEKS[2]} for r in evaluate_target(target(), series(10, 12.5, 14), WEEKS[3])],
+        *[{**r, "evaluated_week": WEEKS[1]} for r in evaluate_target(team, series(20, 40), WEEKS[2])],
+    ]
+    frame = pd.DataFrame(rows)
+    lines, charts, meta = targets_section(frame)
+    table = "\n".join(lines)
+    # Week of 01-19 ends 01-26; the deadline 02-02 is 1 whole week later. The team's (evaluated the week
+    # before, ending 01-19): 2 weeks left; expected 20 + 30 * 1/4 = 27.5, 40 is ahead.
+    assert "| t | all | week 2026-01-19 | off_track | 14 | 15 | >= 20 | 2026-02-02 | 1 | renku-product |" in table
+    assert f"| team | {ACADEMIC} (demo) | week 2026-01-12 | on_track | 40 | 27.5 | >= 50 | 2026-02-02 | 2 |" in table
+    assert list(charts) == ["target_team"] and charts["target_team"].startswith(b"\x89PNG")
+    assert "targets" in meta
+    lines, charts, meta = targets_section(pd.DataFrame())
+    assert "No target status stored yet" in "\n".join(lines) and charts == {}
+
+
+def test_sensor_requests_the_last_ended_week_after_new_aggregates(tmp_path):
+    from dagster import AssetMaterialization, build_sensor_context
+
+    from renku_metrics.definitions import build_defs
+
+    config_file = tmp_path / "deployments.yaml"
+    config_file.write_text("deployments:\n  - {name: alpha, start_date: 2026-01-05, sources: {demo: {users: 10}}}\n")
+    defs = build_defs(config=load_config(config_file, env={}), storage_root=str(tmp_path), env={})
+    sensor = defs.resolve_sensor_def("target_status_sensor")
+    instance = DagsterInstance.ephemeral()
+    assert sensor.evaluate_tick(build_sensor_context(instance=instance)).run_requests == []
+    instance.report_runless_asset_event(AssetMaterialization("core_actions_monthly", partition="2026-01-01"))
+    repo = defs.get_repository_def()
+    first = sensor.evaluate_tick(build_sensor_context(instance=instance, repository_def=repo))
+    today = dt.datetime.now(dt.timezone.utc).date()
+    last_ended_week = today - dt.timedelta(days=today.weekday() + 7)
+    assert [r.partition_key for r in first.run_requests] == [last_ended_week.isoformat()]
+    again = sensor.evaluate_tick(build_sensor_context(instance=instance, cursor=first.cursor, repository_def=repo))
+    assert again.run_requests == []

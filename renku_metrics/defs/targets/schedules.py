@@ -5,8 +5,6 @@ monthly aggregates (and the group metrics), which run at different times, and
 must not read a period while its aggregate is still being written.
 """
 
-import datetime as dt
-
 from dagster import (
     AssetKey,
     AssetRecordsFilter,
@@ -66,8 +64,7 @@ def build_target_status_job_and_sensor(asset_def: AssetsDefinition, upstream: li
         ]
         if busy:
             return SkipReason(f"{len(busy)} aggregate run(s) still in progress")
-        now = dt.datetime.now(dt.timezone.utc)
-        week = asset_def.partitions_def.get_last_partition_key(current_time=now)
+        week = asset_def.partitions_def.get_last_partition_key()  # the last week that has ended
         if week is None:
             return SkipReason("no week has ended yet")
         context.update_cursor(str(latest))
