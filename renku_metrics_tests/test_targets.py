@@ -25,6 +25,7 @@ from renku_metrics.core.value.targets import (
     load_targets,
     parse_targets,
     target_status,
+    write_status,
 )
 from renku_metrics.defs.resources import MetricsStorageResource
 from renku_metrics.defs.targets.assets import KEY, build_target_status_asset
@@ -490,7 +491,7 @@ def test_target_status_on_s3(s3_endpoint, s3_bucket):
             metrics_key("core_actions_weekly", WEEKS[i]), core_rows(WEEKS[i], "week", {("all", "commit"): (users, 50)})
         )
     frame = target_status(storage, [target()], WEEKS[1])
-    storage.write_frame(metrics_key("target_status", WEEKS[1]), frame)
+    assert write_status(storage, WEEKS[1], frame) == "metrics/target_status/period=2026-01-12/target_status.parquet"
     stored = read_target_status(storage=storage)
     assert list(stored["value"]) == [10.0, 13.0] and list(stored["status"]) == ["on_track", "on_track"]
     assert list(stored["expected"]) == [10.0, 12.5]
@@ -536,3 +537,13 @@ def test_sensor_requests_the_last_ended_week_after_new_aggregates(tmp_path):
     assert [r.partition_key for r in first.run_requests] == [last_ended_week.isoformat()]
     again = sensor.evaluate_tick(build_sensor_context(instance=instance, cursor=first.cursor, repository_def=repo))
     assert again.run_requests == []
+
+
+def test_no_targets_and_weeks_without_group_targets_store_a_typed_table(tmp_path):
+    storage = open_storage(str(tmp_path / "data"))
+    write_status(storage, WEEKS[0], target_status(storage, [], WEEKS[0]))
+    write_status(storage, WEEKS[1], target_status(storage, [target()], WEEKS[1]))
+    schema = storage.read_parquet(metrics_key("target_status", WEEKS[1])).schema
+    assert str(schema.field("group").type) == "string" and str(schema.field("period_start").type) == "date32[day]"
+    stored = read_target_status(storage=storage)
+    assert len(stored) == 2 and set(stored["evaluated_week"]) == {WEEKS[1]}

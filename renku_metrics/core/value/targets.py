@@ -58,28 +58,34 @@ GROUP_METRICS = {"week": "group_metrics_weekly", "month": "group_metrics_monthly
 # Group measure -> column of group_metrics_*.
 GROUP_COLUMNS = {"users": "users", "pct": "pct_of_active_members", "pct_of_members": "pct_of_members"}
 
-COLUMNS = [
-    "target",
-    "metric",
-    "measure",
-    "group",
-    "deployment",
-    "period",
-    "period_start",
-    "value",
-    "baseline",
-    "goal",
-    "expected",
-    "projected",
-    "status",
-    "reason",
-    "comparison",
-    "start",
-    "by",
-    "owner",
-    "why",
-    "evaluated_week",
-]
+
+# The stored table's schema: fixed, so a week where no target has a group (all nulls)
+# still stores ``group`` as text.
+SCHEMA = pa.schema(
+    [
+        ("target", pa.string()),
+        ("metric", pa.string()),
+        ("measure", pa.string()),
+        ("group", pa.string()),
+        ("deployment", pa.string()),
+        ("period", pa.string()),
+        ("period_start", pa.date32()),
+        ("value", pa.float64()),
+        ("baseline", pa.float64()),
+        ("goal", pa.float64()),
+        ("expected", pa.float64()),
+        ("projected", pa.float64()),
+        ("status", pa.string()),
+        ("reason", pa.string()),
+        ("comparison", pa.string()),
+        ("start", pa.date32()),
+        ("by", pa.date32()),
+        ("owner", pa.string()),
+        ("why", pa.string()),
+        ("evaluated_week", pa.date32()),
+    ]
+)
+COLUMNS = list(SCHEMA.names)
 
 
 class TargetError(ValueError):
@@ -535,6 +541,13 @@ def status_frame(rows: list[dict]) -> pd.DataFrame:
 
 def status_key(week: dt.date) -> str:
     return metrics_key(TABLE, week)
+
+
+def write_status(storage: Storage, week: dt.date, frame: pd.DataFrame) -> str:
+    """Store one evaluation week's rows (replacing the week's file whole); returns its key."""
+    key = status_key(week)
+    storage.write_parquet(key, pa.Table.from_pandas(frame[COLUMNS], schema=SCHEMA, preserve_index=False))
+    return key
 
 
 def latest_status(frame: pd.DataFrame) -> pd.DataFrame:

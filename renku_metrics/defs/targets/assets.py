@@ -24,7 +24,15 @@ from dagster import (
 )
 
 from renku_metrics.core.config import MetricsConfig
-from renku_metrics.core.value.targets import GROUP_METRICS, STATUSES, TABLE, Target, status_key, target_status
+from renku_metrics.core.value.targets import (
+    GROUP_METRICS,
+    STATUSES,
+    TABLE,
+    Target,
+    status_key,
+    target_status,
+    write_status,
+)
 from renku_metrics.defs.keys import OWNERS, active_users_name, core_actions_name
 from renku_metrics.defs.metadata import markdown_table, own_metadata, period_backfill_policy
 from renku_metrics.defs.partitions import weekly_partitions
@@ -110,7 +118,7 @@ def build_target_status_asset(
         for partition in context.partition_keys:
             week = dt.date.fromisoformat(partition)
             frame = target_status(storage, targets, week, [d.name for d in config.deployments])
-            storage.write_frame(status_key(week), frame)
+            write_status(storage, week, frame)
             frames[week] = frame
             per_partition[partition] = _partition_metadata(storage, week, frame)
         own_metadata(context, KEY, per_partition)
