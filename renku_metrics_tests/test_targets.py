@@ -9,7 +9,7 @@ import datetime as dt
 
 import pandas as pd
 import pytest
-from dagster import AssetCheckSeverity, AssetKey, DagsterInstance, materialize
+from dagster import AssetCheckSeverity, AssetKey, AssetRecordsFilter, DagsterInstance, materialize
 
 from renku_metrics import read_target_status
 from renku_metrics.core.catalog import load_catalog
@@ -482,6 +482,22 @@ def test_materialize_target_status_against_local_storage(tmp_path):
     ).success
     assert len(read_target_status(storage=str(root))) == 4
     assert len(read_target_status("team", storage=str(root))) == 1
+    # A run over a range of weeks (as a backfill launches it) stores every week with its own metadata.
+    from renku_metrics.defs.demo_run import partition_range_tags
+
+    assert materialize(
+        [asset_def],
+        tags=partition_range_tags(WEEKS[0].isoformat(), WEEKS[1].isoformat()),
+        resources={"metrics_storage": MetricsStorageResource(root=str(root))},
+        instance=instance,
+    ).success
+    stored = read_target_status("t", storage=str(root))
+    assert stored.groupby("evaluated_week").size().to_dict() == {WEEKS[0]: 1, WEEKS[1]: 2, WEEKS[2]: 3}
+    for week, rows in ((WEEKS[0], 2), (WEEKS[1], 3)):
+        record = instance.fetch_materializations(
+            AssetRecordsFilter(asset_key=KEY, asset_partitions=[week.isoformat()]), limit=1
+        ).records[0]
+        assert record.asset_materialization.metadata["dagster/row_count"].value == rows
 
 
 def test_target_status_on_s3(s3_endpoint, s3_bucket):
