@@ -14,6 +14,8 @@ import io
 import pandas as pd
 from matplotlib.figure import Figure
 
+from renku_metrics.core.periods import period_start_of
+
 PROVISIONAL = "dashed, hollow: provisional (period not over or data incomplete)"
 _MEASURES = {"pct": "% of active users", "users": "distinct users"}
 
@@ -155,20 +157,24 @@ def target_chart(rows: pd.DataFrame, title: str) -> Figure:
         first = rows.iloc[0]
         x = pd.to_datetime(rows["period_start"])
         deadline = pd.Timestamp(first["by"])
+        # The path and the projection are per period: they reach the deadline at its period's start.
+        decisive = pd.Timestamp(period_start_of(first["period"], pd.Timestamp(first["by"]).date()))
         ax.plot(x, rows["value"].astype("float64"), marker="o", ms=4, color="C0", label="value")
         ax.plot(x, rows["expected"].astype("float64"), ls="--", color="C2", label="expected path")
         baseline, goal = first["baseline"], float(first["goal"])
         if not pd.isna(baseline):
             start = x[rows["expected"].notna().to_numpy()].min()
-            ax.plot([start, deadline], [baseline, goal], ls=":", color="C2", alpha=0.6)
+            ax.plot([start, decisive], [baseline, goal], ls=":", color="C2", alpha=0.6)
         ax.axhline(goal, color="C3", lw=1, label=f"goal {first['comparison']} {goal:g}")
         ax.axvline(deadline, color="grey", lw=0.8, ls=":", label=f"deadline {deadline.date()}")
         projected = rows["projected"].dropna()
         if not projected.empty:
-            ax.plot([deadline], [projected.iloc[-1]], marker="x", color="C1", ls="none", label="projected")
+            ax.plot([decisive], [projected.iloc[-1]], marker="x", color="C1", ls="none", label="projected")
         if rows["value"].isna().all():
             reason = str(rows["reason"].iloc[-1])
-            ax.text(0.02, 0.5, f"no data: {reason}"[:110], transform=ax.transAxes, fontsize=8, va="center")
+            ax.text(0.02, 0.2, f"no data: {reason}"[:110], transform=ax.transAxes, fontsize=8, va="center")
+        margin = pd.Timedelta(days=7)
+        ax.set_xlim(min(x.min(), deadline) - margin, max(x.max(), deadline) + margin)
         status = rows["status"].iloc[-1]
         ax.set_title(f"status: {status}", loc="left", fontsize=10)
         ax.set_ylabel("% of members" if first["measure"] == "pct_of_members" else first["measure"])
