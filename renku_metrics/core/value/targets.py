@@ -21,7 +21,6 @@ Plain Python, no Dagster.
 from __future__ import annotations
 
 import datetime as dt
-import math
 import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -291,7 +290,7 @@ def _period_index(period: str, first: dt.date, start: dt.date) -> int:
 
 
 def _float(value: Any) -> float | None:
-    if value is None or (isinstance(value, float) and math.isnan(value)) or pd.isna(value):
+    if value is None or pd.isna(value):
         return None
     return float(value)
 
@@ -517,12 +516,17 @@ def evaluation_end(week: dt.date) -> dt.date:
 
 
 def target_status(
-    storage: Storage, targets: Iterable[Target], week: dt.date, deployments: Iterable[str] | None = None
+    storage: Storage,
+    targets: Iterable[Target],
+    week: dt.date,
+    deployments: Iterable[str] | None = None,
+    loader: SeriesLoader | None = None,
 ) -> pd.DataFrame:
     """Every target evaluated as of the ISO week starting ``week`` (a Monday): its periods
     that have ended by the end of that week. A target on a deployment that is not among
-    ``deployments`` (when given) has no data, with that reason."""
-    loader = SeriesLoader(storage, deployments)
+    ``deployments`` (when given) has no data, with that reason. Pass one ``loader`` to
+    evaluate several weeks from one read of the stored tables."""
+    loader = loader or SeriesLoader(storage, deployments)
     rows = []
     for target in targets:
         for row in evaluate_target(target, loader.series(target), evaluation_end(week)):

@@ -28,6 +28,7 @@ from renku_metrics.core.value.targets import (
     GROUP_METRICS,
     STATUSES,
     TABLE,
+    SeriesLoader,
     Target,
     status_key,
     target_status,
@@ -115,9 +116,11 @@ def build_target_status_asset(
     def target_status_asset(context: AssetExecutionContext, metrics_storage: MetricsStorageResource):
         storage = metrics_storage.get_storage()
         per_partition, frames = {}, {}
+        # One read of the stored tables for all the run's weeks (a backfill runs a quarter of weeks).
+        loader = SeriesLoader(storage, [d.name for d in config.deployments])
         for partition in context.partition_keys:
             week = dt.date.fromisoformat(partition)
-            frame = target_status(storage, targets, week, [d.name for d in config.deployments])
+            frame = target_status(storage, targets, week, loader=loader)
             write_status(storage, week, frame)
             frames[week] = frame
             per_partition[partition] = _partition_metadata(storage, week, frame)
