@@ -32,6 +32,7 @@ from renku_metrics.core.value.targets import (
     Target,
     status_key,
     target_status,
+    targets_markdown,
     write_status,
 )
 from renku_metrics.defs.keys import OWNERS, active_users_name, core_actions_name
@@ -54,25 +55,6 @@ def upstream_keys(targets: tuple[Target, ...]) -> list[AssetKey]:
     return keys
 
 
-def _num(value) -> str:
-    return "-" if value is None or pd.isna(value) else f"{value:.4g}"
-
-
-def latest_markdown(frame: pd.DataFrame) -> str:
-    """The latest evaluated period of each target as a markdown table."""
-    lines = [
-        "| target | period | value | expected | goal | deadline | status |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
-    ]
-    latest = frame.sort_values("period_start").groupby("target", sort=False).tail(1).sort_values("target")
-    for r in latest.itertuples():
-        goal = f"{r.comparison} {r.goal:g}"
-        lines.append(
-            f"| {r.target} | {r.period_start} | {_num(r.value)} | {_num(r.expected)} | {goal} | {r.by} | {r.status} |"
-        )
-    return "\n".join(lines)
-
-
 def _partition_metadata(storage, week: dt.date, frame: pd.DataFrame) -> dict:
     latest = frame.sort_values("period_start").groupby("target", sort=False).tail(1)
     counts = latest["status"].value_counts()
@@ -80,7 +62,7 @@ def _partition_metadata(storage, week: dt.date, frame: pd.DataFrame) -> dict:
         "dagster/row_count": len(frame),
         "dagster/uri": MetadataValue.path(storage.uri(status_key(week))),
         "evaluated_week": week.isoformat(),
-        "targets": markdown_table(latest_markdown(frame)),
+        "targets": markdown_table(targets_markdown(frame)),
         **{f"targets_{status}": int(counts.get(status, 0)) for status in STATUSES},
     }
 
