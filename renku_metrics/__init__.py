@@ -4,6 +4,7 @@ Notebook API (no Dagster needed)::
 
     from renku_metrics import read_metrics, read_active_users, read_events
     from renku_metrics import read_lifecycle, read_stickiness, read_retention
+    from renku_metrics import read_target_status
 """
 
 from renku_metrics.core.readers import (
@@ -13,6 +14,7 @@ from renku_metrics.core.readers import (
     read_metrics,
     read_retention,
     read_stickiness,
+    read_target_status,
 )
 
 __all__ = ["read_metrics", "read_active_users", "read_events", "read_lifecycle", "read_stickiness", "read_retention"]
@@ -20,3 +22,5 @@ __all__ = ["read_metrics", "read_active_users", "read_events", "read_lifecycle",
 from renku_metrics.core.readers import read_group_metrics  # noqa: E402
 
 __all__ += ["read_group_metrics"]
+
+__all__ += ["read_target_status"]

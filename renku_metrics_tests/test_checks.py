@@ -16,7 +16,7 @@ from renku_metrics.core.raw_checks import count_violations
 from renku_metrics.core.readers import read_metrics
 from renku_metrics.core.storage import LocalStorage
 from renku_metrics.definitions import build_defs
-from renku_metrics.defs.aggregates.checks import check_core, evaluate_target
+from renku_metrics.defs.aggregates.checks import check_core
 from renku_metrics.defs.demo_run import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
 from .helpers import ev, write_config
@@ -120,23 +120,6 @@ def test_missing_deployment_fails_check(config):
     passed, meta = check_core(aggregate_rows(), config)["deployments_present"]
     assert not passed
     assert "beta" in meta["missing"].value
-
-
-def test_target_check_reports_value_target_and_deadline():
-    catalog = load_catalog()
-    metric = catalog.get("commit")
-    target = [t for t in metric.targets if t.period == "month"][0]
-    frame = aggregate_rows(pct=20.0).assign(period_start=dt.date(2025, 3, 1), deployment=["all", "all"]).iloc[[1]]
-    frame = frame.assign(pct=20.0)
-    result = evaluate_target("t", frame, metric, target, dt.date(2025, 4, 1))
-    assert not result.passed and result.severity.value == "WARN"
-    assert result.metadata["value"].value == 20.0
-    assert result.metadata["deadline"].value == target.by.isoformat()
-    assert "not met" in result.metadata["status"].value
-    late = evaluate_target("t", frame, metric, target, target.by + dt.timedelta(days=1))
-    assert "deadline passed" in late.metadata["status"].value
-    met = evaluate_target("t", frame.assign(pct=45.0), metric, target, dt.date(2025, 4, 1))
-    assert met.passed and met.metadata["status"].value == "met"
 
 
 def test_metric_added_through_catalog_alone(tmp_path, fixture_source):

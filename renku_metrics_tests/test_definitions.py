@@ -48,6 +48,14 @@ RAW_EVENTS_CHECKS = [
     "unique_event_ids",
     "user_ids_present",
 ]
+# One warning check per target of the shipped targets file (core/targets.yaml).
+TARGET_CHECKS = [
+    "target_academic_team_sessions",
+    "target_commit_share_monthly",
+    "target_commit_users_weekly",
+    "target_dataset_share_monthly",
+    "target_session_users_weekly",
+]
 PERIOD_COVERAGE_CHECKS = ["coverage_complete", "days_extracted", "deployments_present", "one_row_per_key"]
 
 
@@ -73,7 +81,6 @@ def expected_snapshot(deployments: list[str], grouped: list[str] = ()) -> dict:
                     *PERIOD_COVERAGE_CHECKS,
                     "freshness",
                     "pct_within_0_100",
-                    "target_commit_all_pct_ge_30",
                     "users_within_active_users",
                 ]
             ),
@@ -82,26 +89,26 @@ def expected_snapshot(deployments: list[str], grouped: list[str] = ()) -> dict:
                     *PERIOD_COVERAGE_CHECKS,
                     "freshness",
                     "pct_within_0_100",
-                    "target_commit_all_users_ge_100",
                     "users_within_active_users",
                 ]
             ),
             "lifecycle_monthly": ["deployments_present", "freshness", "one_row_per_key", "states_add_up"],
             "lifecycle_weekly": ["deployments_present", "freshness", "one_row_per_key", "states_add_up"],
             "metrics_report": [],
-            # Upstreams of the digest by key (defined by the targets and releases assets).
+            # An upstream of the digest by key (defined by the releases assets).
             "release_impact": [],
-            "target_status": [],
             "weekly_digest": ["delivered"],
             **{f"raw_events/{name}": RAW_EVENTS_CHECKS for name in deployments},
             "retention_weekly": ["deployments_present", "freshness", "one_row_per_key", "retained_within_cohort"],
             "stickiness_monthly": ["deployments_present", "freshness", "one_row_per_key", "ratios_within_0_1"],
+            "target_status": TARGET_CHECKS,
         },
         "jobs": sorted(
             [
                 *(f"{name}_daily_extract" for name in deployments),
                 "metrics_report_job",
                 "monthly_metrics",
+                "target_status_job",
                 "weekly_metrics",
                 "weekly_digest_job",
             ]
@@ -112,7 +119,7 @@ def expected_snapshot(deployments: list[str], grouped: list[str] = ()) -> dict:
             "weekly_metrics_schedule": "0 4 * * 1",  # Mondays
             "weekly_digest_schedule": "30 6-23 * * 1",  # Mondays, hourly from 06:30
         },
-        "sensors": ["freshness_checks_sensor", "metrics_report_sensor"],
+        "sensors": ["freshness_checks_sensor", "metrics_report_sensor", "target_status_sensor"],
         "resources": ["metrics_storage"],
     }
 
@@ -160,7 +167,7 @@ def test_every_asset_has_description_group_and_owner():
             continue
         assert node.description and len(node.description) > 80, key
         assert "annot see" in node.description or "Cannot see" in node.description, key
-        assert node.group_name in ("raw_events", "metrics", "engagement", "report", "groups", "digest"), key
+        assert node.group_name in ("raw_events", "metrics", "engagement", "report", "groups", "targets", "digest"), key
         assert node.owners, key
 
 

@@ -27,6 +27,15 @@ def test_demo_materializes_each_period_with_its_own_numbers(tmp_path, monkeypatc
     monkeypatch.setenv("DAGSTER_HOME", str(home))
     monkeypatch.setenv("RENKU_METRICS_STORAGE", str(root))
     monkeypatch.setenv("RENKU_METRICS_DEPLOYMENTS", str(config))
+    targets = tmp_path / "targets.yaml"
+    targets.write_text(
+        "targets:\n"
+        "  - {id: committers, metric: commit, measure: users, period: week, comparison: '>=', value: 1,\n"
+        "     start: 2025-03-17, by: 2025-06-30, owner: team, why: Anyone committing.}\n"
+        "  - {id: team, metric: start_session, measure: pct_of_members, deployment: demo, group: /T,\n"
+        "     period: month, comparison: '>=', value: 50, start: 2025-03-01, by: 2025-06-30, owner: team, why: x}\n"
+    )
+    monkeypatch.setenv("RENKU_METRICS_TARGETS", str(targets))
 
     # The last 3 complete weeks before 2025-04-09 and the complete month before it.
     assert demo_run.main(["--weeks", "3", "--today", "2025-04-09"]) == 0
@@ -36,6 +45,14 @@ def test_demo_materializes_each_period_with_its_own_numbers(tmp_path, monkeypatc
     # The group metrics of the last week and month, per deployment and for all.
     assert "Group metrics, week of 2025-03-31" in out and "Group metrics, month of 2025-03-01" in out
     assert re.search(r"2025-03-31  demo\s+/SDSC/Academic Team\s+members \d+, active \d+, start_session", out)
+
+    # Every target evaluated as of the last complete week, printed with its status.
+    assert "target_status 2025-03-31: every target evaluated as of that week" in out
+    lines = out[out.index("Targets (latest complete period") :].splitlines()
+    committers = next(line for line in lines if line.strip().startswith("committers"))
+    assert "week 2025-03-31" in committers and " met " in committers
+    team = next(line for line in lines if line.strip().startswith("team"))
+    assert " no_data " in team and "no group metrics stored" in team
 
     with DagsterInstance.get() as instance:
         for period, key, expected in (

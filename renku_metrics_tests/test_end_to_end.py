@@ -99,11 +99,7 @@ def manifest_totals(root: str, deployment: str) -> dict:
 
 
 def failed_checks(result) -> list:
-    return [
-        (c.asset_key, c.check_name, c.metadata)
-        for c in result.get_asset_check_evaluations()
-        if not c.passed and not c.check_name.startswith("target_")
-    ]
+    return [(c.asset_key, c.check_name, c.metadata) for c in result.get_asset_check_evaluations() if not c.passed]
 
 
 def weekly_table(root: str, deployment: str) -> list[tuple]:

@@ -18,12 +18,23 @@ def test_notebook_executes(tmp_path, monkeypatch):
     config_file = tmp_path / "deployments.yaml"
     config_file.write_text("deployments:\n  - {name: demo, start_date: 2025-03-01, sources: {demo: {users: 1000}}}\n")
     root = tmp_path / "data"
-    defs = build_defs(config=load_config(config_file, env={}), storage_root=str(root))
+    targets = tmp_path / "targets.yaml"
+    targets.write_text(
+        "targets:\n"
+        "  - {id: committers, metric: commit, measure: users, period: week, comparison: '>=', value: 1,\n"
+        "     start: 2025-03-03, by: 2025-06-30, owner: team, why: Anyone committing.}\n"
+        "  - {id: team, metric: start_session, measure: pct_of_members, deployment: demo, group: /T,\n"
+        "     period: month, comparison: '>=', value: 50, start: 2025-03-01, by: 2025-06-30, owner: team, why: x}\n"
+    )
+    defs = build_defs(
+        config=load_config(config_file, env={}), storage_root=str(root), env={"RENKU_METRICS_TARGETS": str(targets)}
+    )
     instance = DagsterInstance.ephemeral()
     for job, start, end in (
         ("demo_daily_extract", "2025-03-01", "2025-04-06"),
         ("weekly_metrics", "2025-03-03", "2025-03-31"),
         ("monthly_metrics", "2025-03-01", "2025-03-01"),
+        ("target_status_job", "2025-03-31", "2025-03-31"),
     ):
         assert (
             defs.resolve_job_def(job)
@@ -54,9 +65,15 @@ def test_notebook_executes(tmp_path, monkeypatch):
     assert len(drawn) >= 4
     for i in drawn:
         assert images[i] and all(len(base64.b64decode(png)) > 10_000 for png in images[i]), i
-    assert sum(len(v) for v in images.values()) == 5  # weekly share + users, active users, monthly, lifecycle
+    # weekly share + users, active users, monthly, lifecycle, the group target
+    assert sum(len(v) for v in images.values()) == 6
     # Nothing written unless asked.
     assert not list(tmp_path.glob("*.png"))
     assert "Share (%) of each weekly cohort" in outputs and "wau_mau" in outputs
+    # The targets, read from storage: the committers met in the week of 03-31; the group has no metrics.
+    assert "Targets, latest complete period" in outputs
+    committers = next(line for line in outputs.splitlines() if line.strip().startswith("committers"))
+    assert "2025-03-31" in committers and " met " in committers
+    assert "no group metrics stored" in outputs
     errors = [o for cell in notebook.cells for o in cell.get("outputs", []) if o.get("output_type") == "error"]
     assert not errors

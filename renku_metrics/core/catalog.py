@@ -1,22 +1,21 @@
 """The metric catalog (catalog.yaml in this package): what each metric counts.
 
 ``load_catalog()`` validates the file against declared pydantic models
-(``MetricEntry``, ``TargetEntry``) and stops with one line naming the entry and
-the field. The aggregates compute every metric whose status is not
-``deprecated``. No Dagster in here.
+(``MetricEntry``) and stops with one line naming the entry and the field. The
+aggregates compute every metric whose status is not ``deprecated``. Targets on
+the metrics live in their own file (``renku_metrics.core.value.targets``). No
+Dagster in here.
 """
 
 from __future__ import annotations
 
-import datetime as dt
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
     BaseModel,
-    BeforeValidator,
     ConfigDict,
     Field,
     StringConstraints,
@@ -24,41 +23,15 @@ from pydantic import (
 )
 
 from renku_metrics.core.events import ACTIONS
-from renku_metrics.core.validation import YamlError, iso_day, load_yaml, not_blank, one_line
+from renku_metrics.core.validation import YamlError, load_yaml, not_blank, one_line
 
 CATALOG_FILE = Path(__file__).with_name("catalog.yaml")
 STATUSES = ("active", "experimental", "deprecated")
-MEASURES = ("users", "pct")
-PERIODS = ("week", "month")
-OPS = (">=", "<=")
 GENERATIONS = ("renku1", "renku2")
 
 
 class CatalogError(ValueError):
     """An invalid catalog entry; the message names the file, entry and field."""
-
-
-@dataclass(frozen=True)
-class Target:
-    measure: str  # users | pct
-    period: str  # week | month
-    op: str  # >= | <=
-    value: float
-    by: dt.date
-    deployment: str = "all"  # a deployment name, or "all" for the cross-deployment rollup
-
-    @property
-    def check_name(self) -> str:
-        return f"target_{self.measure}_{'ge' if self.op == '>=' else 'le'}_{self.value:g}".replace(".", "_")
-
-    def describe(self) -> str:
-        unit = "% of active users" if self.measure == "pct" else " users"
-        return f"{self.deployment}: {self.measure} {self.op} {self.value:g}{unit} per {self.period}, by {self.by.isoformat()}"
-
-    def met_by(self, value: float | None) -> bool | None:
-        if value is None:
-            return None
-        return value >= self.value if self.op == ">=" else value <= self.value
 
 
 @dataclass(frozen=True)
@@ -71,7 +44,6 @@ class Metric:
     status: str
     sources: dict[str, str]
     known_gaps: tuple[str, ...]
-    targets: tuple[Target, ...] = field(default_factory=tuple)
 
 
 @dataclass(frozen=True)
@@ -97,19 +69,6 @@ class Catalog:
 _Text = Annotated[str, AfterValidator(not_blank)]
 
 
-class TargetEntry(BaseModel):
-    """One item of a metric's ``targets`` as written in the catalog."""
-
-    model_config = ConfigDict(extra="forbid", strict=True)
-
-    measure: Literal[MEASURES]
-    period: Literal[PERIODS]
-    op: Literal[OPS]
-    value: Annotated[float, Field(ge=0)]
-    by: Annotated[dt.date, BeforeValidator(iso_day)]
-    deployment: Annotated[str, Field(min_length=1)] = "all"
-
-
 class MetricEntry(BaseModel):
     """One item of ``metrics`` as written in the catalog (see the comment at its top)."""
 
@@ -123,7 +82,6 @@ class MetricEntry(BaseModel):
     status: Literal[STATUSES]
     sources: Annotated[dict[Literal[GENERATIONS], _Text], Field(min_length=1)]
     known_gaps: Annotated[list[_Text], Field(min_length=1)]
-    targets: list[Any] | None = None
 
 
 # How a bad value of each field is reported (after "<file>: metric '<id>': ").
@@ -138,29 +96,8 @@ _METRIC_MESSAGES = {
     "sources": f"field 'sources' must map {GENERATIONS} to text",
     "sources[]": f"field 'sources' has bad entry {{item!r}} (allowed keys {GENERATIONS}, text values)",
     "known_gaps": "field 'known_gaps' must be a non-empty list of text (say what the metric cannot see)",
-    "targets": "field 'targets' must be a list",
-}
-_TARGET_MESSAGES = {
-    "measure": f"field 'measure' must be one of {MEASURES}, got {{got}}",
-    "period": f"field 'period' must be one of {PERIODS}, got {{got}}",
-    "op": f"field 'op' must be one of {OPS}, got {{got}}",
-    "value": "field 'value' must be a non-negative number, got {got}",
-    "by": "field 'by' must be a date YYYY-MM-DD, got {got}",
-    "deployment": "field 'deployment' must be a deployment name or 'all', got {got}",
 }
 _FIELD_WORDING = {"unknown": "unknown field {key!r} (allowed: {allowed})", "missing": "missing field {key!r}"}
-
-
-def _target(raw: Any, where: str) -> Target:
-    if not isinstance(raw, dict):
-        raise CatalogError(f"{where}: a target must be a mapping, got {raw!r}")
-    try:
-        entry = TargetEntry.model_validate(raw)
-    except ValidationError as exc:
-        raise CatalogError(one_line(exc, where, TargetEntry.model_fields, _TARGET_MESSAGES, **_FIELD_WORDING)) from None
-    if entry.measure == "pct" and entry.value > 100:
-        raise CatalogError(f"{where}: field 'value' is a percentage, must be <= 100, got {raw['value']!r}")
-    return Target(entry.measure, entry.period, entry.op, float(entry.value), entry.by, entry.deployment)
 
 
 def _one_line_text(text: str) -> str:
@@ -176,6 +113,11 @@ def parse_catalog(raw: Any, path: str) -> Catalog:
         where = f"{path}: metric {label!r}" if label else f"{path}: metrics[{index}]"
         if not isinstance(item, dict):
             raise CatalogError(f"{where}: expected a mapping, got {item!r}")
+        if "targets" in item:
+            raise CatalogError(
+                f"{where}: field 'targets' is no longer read here: targets live in their own file "
+                "(renku_metrics/core/targets.yaml or $RENKU_METRICS_TARGETS, see docs/targets.md)"
+            )
         try:
             entry = MetricEntry.model_validate(item)
         except ValidationError as exc:
@@ -194,7 +136,6 @@ def parse_catalog(raw: Any, path: str) -> Catalog:
                 status=entry.status,
                 sources={k: _one_line_text(v) for k, v in entry.sources.items()},
                 known_gaps=tuple(_one_line_text(g) for g in entry.known_gaps),
-                targets=tuple(_target(t, f"{where}: targets[{i}]") for i, t in enumerate(entry.targets or [])),
             )
         )
     return Catalog(metrics=tuple(metrics), path=path)

@@ -14,6 +14,8 @@ import io
 import pandas as pd
 from matplotlib.figure import Figure
 
+from renku_metrics.core.periods import period_start_of
+
 PROVISIONAL = "dashed, hollow: provisional (period not over or data incomplete)"
 _MEASURES = {"pct": "% of active users", "users": "distinct users"}
 
@@ -135,6 +137,49 @@ def lifecycle_chart(frame: pd.DataFrame, title: str) -> Figure:
         ax.set_title(deployment, loc="left", fontsize=10)
         ax.set_ylabel("users")
     axes[0].legend(loc="lower left", bbox_to_anchor=(0, 1.08), ncol=4, frameon=False)
+    fig.suptitle(title, fontsize=11)
+    fig.autofmt_xdate()
+    fig.tight_layout()
+    return fig
+
+
+def target_chart(rows: pd.DataFrame, title: str) -> Figure:
+    """One target's latest evaluation (its rows of ``read_target_status`` with the largest
+    ``evaluated_week``): the value per period, the expected path from the baseline to the
+    goal, the projected trend at the deadline and the goal line; periods without a value
+    (no_data) are left as gaps."""
+    rows = rows.sort_values("period_start")
+    fig = Figure(figsize=(10, 3.2), dpi=80)
+    ax = fig.subplots()
+    if rows.empty:
+        ax.text(0.5, 0.5, "no evaluation stored", ha="center", va="center", transform=ax.transAxes)
+    else:
+        first = rows.iloc[0]
+        x = pd.to_datetime(rows["period_start"])
+        deadline = pd.Timestamp(first["by"])
+        # The path and the projection are per period: they reach the deadline at its period's start.
+        decisive = pd.Timestamp(period_start_of(first["period"], pd.Timestamp(first["by"]).date()))
+        ax.plot(x, rows["value"].astype("float64"), marker="o", ms=4, color="C0", label="value")
+        ax.plot(x, rows["expected"].astype("float64"), ls="--", color="C2", label="expected path")
+        baseline, goal = first["baseline"], float(first["goal"])
+        if not pd.isna(baseline):
+            start = x[rows["expected"].notna().to_numpy()].min()
+            ax.plot([start, decisive], [baseline, goal], ls=":", color="C2", alpha=0.6)
+        ax.axhline(goal, color="C3", lw=1, label=f"goal {first['comparison']} {goal:g}")
+        ax.axvline(deadline, color="grey", lw=0.8, ls=":", label=f"deadline {deadline.date()}")
+        projected = rows["projected"].dropna()
+        if not projected.empty:
+            ax.plot([decisive], [projected.iloc[-1]], marker="x", color="C1", ls="none", label="projected")
+        if rows["value"].isna().all():
+            reason = str(rows["reason"].iloc[-1])
+            ax.text(0.02, 0.2, f"no data: {reason}"[:110], transform=ax.transAxes, fontsize=8, va="center")
+        margin = pd.Timedelta(days=7)
+        ax.set_xlim(min(x.min(), deadline) - margin, max(x.max(), deadline) + margin)
+        status = rows["status"].iloc[-1]
+        ax.set_title(f"status: {status}", loc="left", fontsize=10)
+        ax.set_ylabel("% of members" if first["measure"] == "pct_of_members" else first["measure"])
+    ax.grid(alpha=0.3)
+    ax.legend(frameon=False, fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     fig.suptitle(title, fontsize=11)
     fig.autofmt_xdate()
     fig.tight_layout()

@@ -166,3 +166,21 @@ def read_group_metrics(
     for col in ("members", "active_members", "users"):
         frame[col] = frame[col].astype("Int64")
     return _dates(frame, ("membership_as_of",)).reset_index(drop=True)
+
+
+# Targets (renku_metrics.core.value.targets, docs/targets.md).
+
+
+def read_target_status(target: str | None = None, storage: Storage | str | None = None) -> pd.DataFrame:
+    """Every stored evaluation of the targets: one row per target, evaluated period and evaluation
+    week (``evaluated_week``): target, metric, measure, group, deployment, period, period_start, value,
+    baseline, goal, expected, projected, status (met | on_track | off_track | missed | no_data), reason,
+    comparison, start, by, owner, why, evaluated_week. A target's latest evaluation is its rows with the
+    largest ``evaluated_week``; ``target`` keeps one target's rows."""
+    frame = _read_parquet_tree(_storage(storage), metrics_prefix("target_status"))
+    if frame.empty:
+        return frame
+    if target is not None:
+        frame = frame[frame["target"] == target]
+    frame = _dates(frame, ("period_start", "start", "by", "evaluated_week"))
+    return frame.sort_values(["evaluated_week", "target", "period_start"], kind="stable").reset_index(drop=True)

@@ -14,6 +14,7 @@ from dagster import Definitions, in_process_executor
 from renku_metrics.core.catalog import Catalog, load_catalog
 from renku_metrics.core.config import MetricsConfig, load_config
 from renku_metrics.core.value.digest_config import load_digest_config
+from renku_metrics.core.value.targets import load_targets
 from renku_metrics.defs.aggregates.assets import build_metric_assets
 from renku_metrics.defs.aggregates.checks import period_freshness_rules
 from renku_metrics.defs.aggregates.schedules import build_period_job_and_schedule
@@ -27,6 +28,8 @@ from renku_metrics.defs.raw_events.checks import raw_events_freshness_rules
 from renku_metrics.defs.raw_events.schedules import build_daily_extract_schedule
 from renku_metrics.defs.report.assets import build_report_asset, build_report_job_and_sensor
 from renku_metrics.defs.resources import metrics_storage_resource
+from renku_metrics.defs.targets.assets import build_target_status_asset, upstream_keys
+from renku_metrics.defs.targets.schedules import build_target_status_job_and_sensor
 
 
 def build_defs(
@@ -71,22 +74,32 @@ def build_defs(
             "month", config.earliest_start, [k for a in [*monthly, *engagement["month"]] for k in a.keys]
         ),
     }
+    all_assets = [
+        *raw_assets,
+        *weekly,
+        *monthly,
+        *engagement["week"],
+        *engagement["month"],
+        report,
+        *group_assets["week"],
+        *group_assets["month"],
+        digest,
+    ]
+    # Targets ($RENKU_METRICS_TARGETS or core/targets.yaml), their metrics checked against the catalog
+    # (a target on a deployment not configured here shows no_data, saying so). target_status depends
+    # on the tables its targets read, among the assets defined here.
+    targets = load_targets(metrics=[m.id for m in catalog.computed()], env=env)
+    defined = {k for a in all_assets for k in a.keys}
+    target_upstream = [k for k in upstream_keys(targets) if k in defined]
+    target_status = build_target_status_asset(config, targets, target_upstream)
+    target_job, target_sensor = build_target_status_job_and_sensor(target_status, target_upstream)
+    jobs.append(target_job)
     return Definitions(
-        assets=[
-            *raw_assets,
-            *weekly,
-            *monthly,
-            *engagement["week"],
-            *engagement["month"],
-            report,
-            *group_assets["week"],
-            *group_assets["month"],
-            digest,
-        ],
+        assets=[*all_assets, target_status],
         asset_checks=[build_freshness_checks(freshness)],
         jobs=jobs,
         schedules=schedules,
-        sensors=[build_freshness_sensor(freshness), report_sensor],
+        sensors=[build_freshness_sensor(freshness), report_sensor, target_sensor],
         resources={"metrics_storage": metrics_storage_resource(storage_root)},
         # Every run executes its steps in the run's own process: a backfill runs one period
         # per run, and a subprocess per step would multiply each run's start-up cost.

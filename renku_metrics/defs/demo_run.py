@@ -6,8 +6,10 @@ storage root $RENKU_METRICS_STORAGE (default ./data), for the deployments of
 deployments.yaml. Each deployment's extract is one run covering its days, as a
 single-run backfill from the UI would be; the weekly and monthly aggregates run
 once per period, as their UI backfills do, so every partition carries its own
-numbers. Writes the digest of the last complete week (sent only to channels the digest
-configuration names) and prints where it is. Prints the weekly table at the end.
+numbers. Then the group metrics of those periods, target_status evaluates every target
+as of the last complete week, and the digest of the last complete week is written (sent
+only to channels the digest configuration names). Prints the weekly table, the group
+metrics, the targets with their status and where the digest is at the end.
 """
 
 from __future__ import annotations
@@ -92,6 +94,37 @@ def digest_summary(storage, week: dt.date, success: bool) -> str:
     return "\n".join(lines)
 
 
+def print_targets(storage) -> None:
+    """The targets with their latest status, as stored by target_status."""
+    from renku_metrics.core.readers import read_target_status
+    from renku_metrics.core.value.targets import latest_status
+
+    latest = latest_status(read_target_status(storage=storage))
+    if latest.empty:
+        print("\nNo targets evaluated.")
+        return
+    rows = []
+    for r in latest.to_dict("records"):
+        number = lambda v: "-" if pd.isna(v) else f"{v:.4g}"  # noqa: E731
+        scope = f"{r['group']} ({r['deployment']})" if isinstance(r["group"], str) else r["deployment"]
+        rows.append(
+            {
+                "target": r["target"],
+                "scope": scope,
+                "period": f"{r['period']} {r['period_start']}",
+                "status": r["status"],
+                "value": number(r["value"]),
+                "expected": number(r["expected"]),
+                "goal": f"{r['comparison']} {r['goal']:g}",
+                "by": str(r["by"]),
+                "why this status": r["reason"],
+            }
+        )
+    with pd.option_context("display.width", 250, "display.max_colwidth", 90):
+        print("\nTargets (latest complete period; rules in docs/targets.md):\n")
+        print(pd.DataFrame(rows).to_string(index=False))
+
+
 def die_with_parent() -> None:
     """Linux: end this process (SIGTERM) when its parent dies, e.g. ``make demo``'s make is killed.
 
@@ -160,6 +193,14 @@ def main(argv: list[str] | None = None) -> int:
         run_periods(defs, "weekly_metrics", *steps["weeks"], instance)
         if steps["months"]:
             run_periods(defs, "monthly_metrics", *steps["months"], instance)
+        last_week = steps["weeks"][1].isoformat()
+        defs.resolve_job_def("target_status_job").execute_in_process(
+            instance=instance,
+            partition_key=last_week,
+            raise_on_error=True,
+            run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
+        )
+        print(f"  target_status {last_week}: every target evaluated as of that week")
         defs.resolve_job_def("metrics_report_job").execute_in_process(
             instance=instance,
             raise_on_error=True,
@@ -202,6 +243,8 @@ def main(argv: list[str] | None = None) -> int:
         if last is not None and not frame.empty:
             print(f"\nGroup metrics, {period} of {last} (users as a share of members):\n")
             print(summary(frame[frame["period_start"] == last]))
+
+    print_targets(storage)
     print(f"\nData under {storage.root}; `make dev` opens the UI with these runs.")
     return 0
 

@@ -43,8 +43,6 @@ from renku_metrics.defs.aggregates.checks import (
     check_active,
     check_core,
     check_coverage,
-    evaluate_target,
-    target_checks,
 )
 from renku_metrics.defs.clock import run_now
 from renku_metrics.defs.keys import OWNERS, active_users_name, core_actions_name, raw_events_deps
@@ -141,7 +139,6 @@ def build_metric_assets(config: MetricsConfig, catalog: Catalog, period: str) ->
     active_key = AssetKey(active_users_name(period))
     core_key = AssetKey(core_actions_name(period))
     gaps = "\n".join(metric_description(m) for m in catalog.computed())
-    targets = target_checks(catalog, period)
     together = (
         "Computed in the same step and from the same scan as `{other}`, so the two never disagree; "
         "materializing one materializes both. A backfill runs a quarter of periods per run (13 weeks or 3 "
@@ -192,12 +189,6 @@ def build_metric_assets(config: MetricsConfig, catalog: Catalog, period: str) ->
         check_specs=[
             *_specs(active_key, ACTIVE_CHECKS),
             *_specs(core_key, CORE_CHECKS),
-            *[
-                AssetCheckSpec(
-                    name, asset=core_key, description=f"Target of {metric.id}: {target.describe()} (warning only)."
-                )
-                for name, metric, target in targets
-            ],
         ],
     )
     def aggregate(context: AssetExecutionContext, metrics_storage: MetricsStorageResource):
@@ -232,17 +223,6 @@ def build_metric_assets(config: MetricsConfig, catalog: Catalog, period: str) ->
                         metadata=res.metadata,
                     )
                 )
-        for name, metric, target in targets:
-            res = evaluate_target(name, core, metric, target, today)
-            core_checks.append(
-                AssetCheckResult(
-                    asset_key=core_key,
-                    check_name=name,
-                    passed=res.passed,
-                    severity=res.severity,
-                    metadata=res.metadata,
-                )
-            )
         own_metadata(
             context,
             active_key,

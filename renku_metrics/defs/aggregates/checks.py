@@ -1,14 +1,13 @@
 """Checks of the weekly and monthly aggregates: blocking consistency checks (one set
 for the core actions, one for the denominator), coverage checks (warning: days missing
-or read incompletely; error: a deployment with no extracted day), warning checks of
-the catalog's targets, and freshness."""
+or read incompletely; error: a deployment with no extracted day) and freshness.
+Targets are checks of their own asset, ``target_status`` (renku_metrics.defs.targets)."""
 
 import datetime as dt
 
 import pandas as pd
 from dagster import AssetCheckResult, AssetCheckSeverity, AssetKey, MetadataValue
 
-from renku_metrics.core.catalog import Catalog, Metric, Target
 from renku_metrics.core.config import MetricsConfig
 from renku_metrics.core.coverage import DeploymentCoverage
 from renku_metrics.core.events import ALL_DEPLOYMENTS
@@ -155,50 +154,6 @@ def check_coverage(
             },
         ),
     }
-
-
-def target_checks(catalog: Catalog, period: str) -> list[tuple[str, Metric, Target]]:
-    """(check name, metric, target) of every catalog target on this period."""
-    out = []
-    for metric in catalog.computed():
-        for target in metric.targets:
-            if target.period == period:
-                out.append(
-                    (f"target_{metric.id}_{target.deployment}_{target.check_name[len('target_') :]}", metric, target)
-                )
-    return out
-
-
-def evaluate_target(
-    check_name: str, frame: pd.DataFrame, metric: Metric, target: Target, today: dt.date
-) -> AssetCheckResult:
-    """Warning check: is the target met in the latest period of ``frame``?"""
-    rows = frame[(frame["metric"] == metric.id) & (frame["deployment"] == target.deployment)]
-    meta = {"target": target.describe(), "deadline": target.by.isoformat()}
-    if rows.empty:
-        return AssetCheckResult(
-            check_name=check_name,
-            passed=False,
-            severity=AssetCheckSeverity.WARN,
-            metadata={**meta, "status": f"no row for deployment {target.deployment!r}"},
-        )
-    row = rows.sort_values("period_start").iloc[-1]
-    value = None if pd.isna(row[target.measure]) else float(row[target.measure])
-    met = target.met_by(value)
-    status = "met" if met else "not met"
-    if not row["complete"]:
-        status += " (period incomplete: provisional)"
-    if not met and today > target.by:
-        status += "; deadline passed"
-    meta.update(
-        {
-            "value": value if value is not None else MetadataValue.null(),
-            "threshold": target.value,
-            "period_start": str(row["period_start"]),
-            "status": status,
-        }
-    )
-    return AssetCheckResult(check_name=check_name, passed=bool(met), severity=AssetCheckSeverity.WARN, metadata=meta)
 
 
 def period_freshness_rules(period: str, first: dt.date, keys: list[AssetKey]) -> dict[AssetKey, FreshnessRule]:

@@ -5,11 +5,13 @@ its materialization: the latest complete week and month as a table, charts
 (matplotlib PNGs embedded in the markdown metadata) of each core action's share of
 active users and distinct users per deployment over the last 52 weeks and over all
 months, provisional periods marked, and the latest complete week's headline
-numbers as numeric metadata (so its Metadata → Plots view builds a weekly series). The same
-report is written under ``reports/metrics_report/`` in the storage root.
+numbers as numeric metadata (so its Metadata → Plots view builds a weekly series), and
+the targets: each target's latest status (value vs expected, deadline, weeks left) and
+a chart per group target (value, expected path, goal line). The same report is
+written under ``reports/metrics_report/`` in the storage root.
 
-A sensor refreshes it after the weekly or monthly aggregates were materialized
-(and none of their runs is still in progress).
+A sensor refreshes it after the weekly or monthly aggregates or target_status were
+materialized (and none of their runs is still in progress).
 """
 
 import base64
@@ -33,9 +35,10 @@ from dagster import (
     sensor,
 )
 
-from renku_metrics.core.charts import latest_complete, png_bytes, report_charts
+from renku_metrics.core.charts import latest_complete, png_bytes, report_charts, target_chart
 from renku_metrics.core.layout import report_key
-from renku_metrics.core.readers import read_metrics
+from renku_metrics.core.readers import read_metrics, read_target_status
+from renku_metrics.core.value.targets import latest_evaluation, targets_markdown
 from renku_metrics.defs.aggregates.assets import markdown_core
 from renku_metrics.defs.keys import OWNERS, core_actions_name
 from renku_metrics.defs.metadata import markdown_table
@@ -43,7 +46,7 @@ from renku_metrics.defs.resources import MetricsStorageResource
 
 NAME = "metrics_report"
 KEY = AssetKey(NAME)
-UPSTREAM = [AssetKey(core_actions_name("week")), AssetKey(core_actions_name("month"))]
+UPSTREAM = [AssetKey(core_actions_name("week")), AssetKey(core_actions_name("month")), AssetKey("target_status")]
 WEEKS_CHARTED = 52
 _IN_PROGRESS = [
     DagsterRunStatus.QUEUED,
@@ -70,7 +73,23 @@ def _headline(frame: pd.DataFrame, prefix: str) -> dict:
     return meta
 
 
-def build_report(weekly: pd.DataFrame, monthly: pd.DataFrame) -> tuple[str, dict[str, bytes], dict]:
+def targets_section(targets: pd.DataFrame) -> tuple[list[str], dict[str, bytes], dict]:
+    """The report's targets: (markdown lines, PNG per group target's chart, metadata)."""
+    if targets.empty:
+        return ["## Targets", "", "No target status stored yet (materialize target_status).", ""], {}, {}
+    table = targets_markdown(targets)
+    charts = {}
+    latest = latest_evaluation(targets)
+    for target, rows in latest[latest["group"].notna()].groupby("target", sort=True):
+        first = rows.iloc[0]
+        title = f"{target}: {first['metric']} {first['measure']} of {first['group']} ({first['deployment']}) per {first['period']}"
+        charts[f"target_{target}"] = png_bytes(target_chart(rows, title))
+    return ["## Targets", "", table, ""], charts, {"targets": markdown_table(table)}
+
+
+def build_report(
+    weekly: pd.DataFrame, monthly: pd.DataFrame, targets: pd.DataFrame | None = None
+) -> tuple[str, dict[str, bytes], dict]:
     """(markdown of the tables, PNG per chart name, metadata: the tables and the headline numbers)."""
     parts, meta = ["# Renku metrics report", ""], {}
     for label, frame in (("week", weekly), ("month", monthly)):
@@ -86,6 +105,11 @@ def build_report(weekly: pd.DataFrame, monthly: pd.DataFrame) -> tuple[str, dict
         if label == "week":
             meta.update(_headline(rows, "week"))
     charts = {name: png_bytes(fig) for name, fig in report_charts(weekly, monthly, WEEKS_CHARTED).items()}
+    if targets is not None:
+        lines, target_charts, target_meta = targets_section(targets)
+        parts += lines
+        charts.update(target_charts)
+        meta.update(target_meta)
     return "\n".join(parts), charts, meta
 
 
@@ -106,9 +130,10 @@ def build_report_asset() -> AssetsDefinition:
             f"users per deployment over the last {WEEKS_CHARTED} weeks and over all months (provisional periods "
             "dashed with hollow markers), and the latest complete week's numbers as metadata "
             "(`week/<deployment>/<metric>/pct`, `.../users`, `week/<deployment>/active_users`), which the Plots "
-            "tab draws week by week. Also written to `reports/metrics_report/` in the storage root (report.md and "
+            "tab draws week by week; the targets: each target's latest status with value vs expected, deadline "
+            "and weeks left, and a chart per group target (value, expected path, goal line). Also written to `reports/metrics_report/` in the storage root (report.md and "
             "one PNG per chart). Refreshed by `metrics_report_sensor` after the weekly or monthly aggregates "
-            "change. Cannot see: anything the aggregates cannot (see `core_actions_weekly`); periods not yet "
+            "or target_status change. Cannot see: anything the aggregates cannot (see `core_actions_weekly`); periods not yet "
             "aggregated."
         ),
     )
@@ -121,7 +146,7 @@ def build_report_asset() -> AssetsDefinition:
                 f"no weekly or monthly metrics under {storage.uri('metrics/')}: materialize "
                 f"{UPSTREAM[0].to_user_string()} first"
             )
-        text, charts, meta = build_report(weekly, monthly)
+        text, charts, meta = build_report(weekly, monthly, read_target_status(storage=storage))
         for name, png in charts.items():
             storage.write_bytes(report_key(NAME, f"{name}.png"), png)
         linked = text + "\n" + "\n".join(f"![{_CAPTIONS.get(n, n)}]({n}.png)\n" for n in charts)
@@ -150,7 +175,7 @@ def build_report_job_and_sensor(report: AssetsDefinition):
         minimum_interval_seconds=60,
         default_status=DefaultSensorStatus.RUNNING,
         description=(
-            "Requests the report after core_actions_weekly or core_actions_monthly got a new materialization, "
+            "Requests the report after core_actions_weekly, core_actions_monthly or target_status got a new materialization, "
             "once no run of theirs is queued or in progress (a backfill refreshes it when it is done)."
         ),
     )

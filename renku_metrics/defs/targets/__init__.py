@@ -1,0 +1,1 @@
+"""Targets followed to their date: the target_status asset, a check per target, its job and sensor."""
