@@ -12,6 +12,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import tomllib
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
@@ -105,7 +106,7 @@ def test_image_command_user_and_pins():
     assert "HEALTHCHECK" in text and "grpc-health-check" in text
     import dagster
 
-    pins = dict(line.split("==", 1) for line in (REPO / "requirements.lock").read_text().splitlines() if "==" in line)
+    pins = {p["name"]: p["version"] for p in tomllib.loads((REPO / "uv.lock").read_text())["package"]}
     assert pins["dagster"] == dagster.__version__
     assert pins["dagster-k8s"] == pins["dagster-postgres"] == pins["dagster-aws"]
 
