@@ -40,6 +40,7 @@ from renku_metrics.core.events import is_user_key, pseudonymize_user
 from renku_metrics.core.sources import SOURCE_MODULES, source_module
 from renku_metrics.core.sources.base import SettingsBase
 from renku_metrics.core.validation import YamlError, iso_day, load_yaml, one_line
+from renku_metrics.core.value.releases import ReleasesConfig, parse_releases_config
 
 DEFAULT_DEPLOYMENTS_FILE = "deployments.yaml"
 DEPLOYMENTS_ENV = "RENKU_METRICS_DEPLOYMENTS"
@@ -57,6 +58,8 @@ class Deployment:
     # True when the deployment had no activity before start_date: a period that starts
     # before it is then not "partly before history", and first-seen users are new.
     launched_on_start_date: bool = False
+    # Where its releases come from and how their impact is judged (core/value/releases.py).
+    releases: ReleasesConfig | None = None
 
     def excluded_user_keys(self) -> list[str]:
         """Exclusions as stored user keys (Keycloak ids are pseudonymized)."""
@@ -98,6 +101,7 @@ class DeploymentEntry(BaseModel):
     excluded_users: list[_UserId] | None = None
     description: str = ""
     launched_on_start_date: bool = False
+    releases: Any = None
 
     @field_validator("name")
     @classmethod
@@ -168,7 +172,11 @@ def _deployment(item: Any, index: int, path: str) -> Deployment:
         if source_type not in SOURCE_MODULES:
             raise ConfigError(f"{swhere}: unknown source type (allowed: {', '.join(sorted(SOURCE_MODULES))})")
         sources[source_type] = source_module(source_type).Settings.from_mapping(settings_raw, swhere)
+    releases = None
+    if entry.releases is not None:
+        releases = parse_releases_config(entry.releases, f"{where}: releases", Path(path).parent)
     return Deployment(
+        releases=releases,
         name=entry.name,
         start_date=entry.start_date,
         sources=sources,

@@ -122,3 +122,12 @@ def raw_change_key(deployment: str, at: dt.datetime, day: dt.date, token: str) -
 
 def changed_day_of_key(key: str) -> dt.date:
     return dt.date.fromisoformat(key.rsplit("/", 1)[-1].split("_")[1])
+
+
+# Releases and their measured impact (renku_metrics.core.value): one table each, rewritten whole.
+def releases_key() -> str:
+    return f"{metrics_prefix('releases')}releases.parquet"
+
+
+def release_impact_key() -> str:
+    return f"{metrics_prefix('release_impact')}release_impact.parquet"

@@ -324,15 +324,20 @@ class HttpClient:
                     self.auth.invalidate()
                     renewed = True
                     continue
-                elif status == 429:
+                elif self.is_rate_limited(response):
                     self._count("http_rate_limited")
                     wait = self._rate_limit_wait(response)
-                    failure = "HTTP 429 Too Many Requests (rate limited)"
+                    failure = (
+                        "HTTP 429 Too Many Requests (rate limited)"
+                        if status == 429
+                        else f"HTTP {status} (rate limited)"
+                    )
                     if wait is not None and wait > settings.max_rate_limit_wait_seconds:
                         raise self.error(
                             method,
                             url,
-                            f"{failure}; the server asks to wait {wait:.0f} s, more than the "
+                            f"{failure}; the server asks to wait {wait:.0f} s (until "
+                            f"{_utc_text(self._clock() + wait)}), more than the "
                             f"allowed {settings.max_rate_limit_wait_seconds:.0f} s",
                             status,
                         )
@@ -367,6 +372,11 @@ class HttpClient:
                 wait,
             )
             self._sleep(wait)
+
+    def is_rate_limited(self, response: requests.Response) -> bool:
+        """Whether an answer means "slow down" (waited for, then retried): HTTP 429 here;
+        a client for an API that also says it with 403 (GitHub) overrides this."""
+        return response.status_code == 429
 
     @staticmethod
     def _hint(status: int) -> str:
@@ -472,6 +482,10 @@ class HttpClient:
 
     def close(self) -> None:
         self.session.close()
+
+
+def _utc_text(timestamp: float) -> str:
+    return dt.datetime.fromtimestamp(timestamp, dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def bounded_map(fn: Callable[[T], R], items: Iterable[T], max_concurrency: int) -> list[R]:
