@@ -4,6 +4,7 @@ Notebook API (no Dagster needed)::
 
     from renku_metrics import read_metrics, read_active_users, read_events
     from renku_metrics import read_lifecycle, read_stickiness, read_retention
+    from renku_metrics import read_releases, read_release_impact
 """
 
 from renku_metrics.core.readers import (
@@ -11,8 +12,11 @@ from renku_metrics.core.readers import (
     read_events,
     read_lifecycle,
     read_metrics,
+    read_release_impact,
+    read_releases,
     read_retention,
     read_stickiness,
 )
 
 __all__ = ["read_metrics", "read_active_users", "read_events", "read_lifecycle", "read_stickiness", "read_retention"]
+__all__ += ["read_releases", "read_release_impact"]

@@ -81,6 +81,8 @@ def expected_snapshot(deployments: list[str]) -> dict:
             **{f"raw_events/{name}": RAW_EVENTS_CHECKS for name in deployments},
             "retention_weekly": ["deployments_present", "freshness", "one_row_per_key", "retained_within_cohort"],
             "stickiness_monthly": ["deployments_present", "freshness", "one_row_per_key", "ratios_within_0_1"],
+            "releases": [],
+            "release_impact": ["verdicts_well_formed"],
         },
         "jobs": sorted(
             [
@@ -88,12 +90,14 @@ def expected_snapshot(deployments: list[str]) -> dict:
                 "metrics_report_job",
                 "monthly_metrics",
                 "weekly_metrics",
+                "releases_daily",
             ]
         ),
         "schedules": {
             **{f"{name}_daily_extract_schedule": "30 1 * * *" for name in deployments},
             "monthly_metrics_schedule": "0 5 1 * *",
             "weekly_metrics_schedule": "0 4 * * 1",  # Mondays
+            "releases_daily_schedule": "0 6 * * *",
         },
         "sensors": ["freshness_checks_sensor", "metrics_report_sensor"],
         "resources": ["metrics_storage"],
@@ -141,7 +145,7 @@ def test_every_asset_has_description_group_and_owner():
         node = graph.get(key)
         assert node.description and len(node.description) > 80, key
         assert "annot see" in node.description or "Cannot see" in node.description, key
-        assert node.group_name in ("raw_events", "metrics", "engagement", "report"), key
+        assert node.group_name in ("raw_events", "metrics", "engagement", "report", "releases"), key
         assert node.owners, key
 
 

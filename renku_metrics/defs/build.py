@@ -21,6 +21,9 @@ from renku_metrics.defs.freshness import build_freshness_checks, build_freshness
 from renku_metrics.defs.raw_events.assets import build_raw_events_asset
 from renku_metrics.defs.raw_events.checks import raw_events_freshness_rules
 from renku_metrics.defs.raw_events.schedules import build_daily_extract_schedule
+from renku_metrics.defs.releases.assets import build_release_assets
+from renku_metrics.defs.releases.checks import build_release_checks
+from renku_metrics.defs.releases.schedules import build_releases_job_and_schedule
 from renku_metrics.defs.report.assets import build_report_asset, build_report_job_and_sensor
 from renku_metrics.defs.resources import metrics_storage_resource
 
@@ -60,9 +63,13 @@ def build_defs(
             "month", config.earliest_start, [k for a in [*monthly, *engagement["month"]] for k in a.keys]
         ),
     }
+    release_assets = build_release_assets(config)
+    releases_job, releases_schedule = build_releases_job_and_schedule(release_assets)
+    jobs.append(releases_job)
+    schedules.append(releases_schedule)
     return Definitions(
-        assets=[*raw_assets, *weekly, *monthly, *engagement["week"], *engagement["month"], report],
-        asset_checks=[build_freshness_checks(freshness)],
+        assets=[*raw_assets, *weekly, *monthly, *engagement["week"], *engagement["month"], report, *release_assets],
+        asset_checks=[build_freshness_checks(freshness), *build_release_checks()],
         jobs=jobs,
         schedules=schedules,
         sensors=[build_freshness_sensor(freshness), report_sensor],

@@ -457,3 +457,34 @@ def release_impact(
     for col in ("release", "deployment", "metric", "measure", "group", "verdict", "confounded_by", "explanation"):
         frame[col] = frame[col].astype("object")
     return frame
+
+
+GROUP_TABLE = "group_metrics_weekly"
+
+
+def load_group_weekly(storage) -> pd.DataFrame | None:
+    """The group_metrics_weekly table (storage contract 1) when its files exist, else None.
+
+    Only the columns the impact needs are kept: period_start, deployment, group, metric,
+    users, active_members, complete. Rows withheld for a small group (null counts) are dropped.
+    """
+    import duckdb
+
+    from renku_metrics.core.layout import metrics_prefix
+
+    keys = [k for k in storage.list_keys(metrics_prefix(GROUP_TABLE)) if k.endswith(".parquet")]
+    if not keys:
+        return None
+    with storage.local_paths(keys) as paths:
+        con = duckdb.connect()
+        try:
+            frame = con.execute(
+                'SELECT period_start, deployment, "group", metric, users, active_members, complete '
+                "FROM read_parquet($paths, union_by_name = true) "
+                "WHERE users IS NOT NULL AND active_members IS NOT NULL",
+                {"paths": paths},
+            ).df()
+        finally:
+            con.close()
+    frame["period_start"] = pd.to_datetime(frame["period_start"]).dt.date
+    return frame
