@@ -35,7 +35,7 @@ from dagster import (
 
 from renku_metrics.core.charts import latest_complete, png_bytes, report_charts
 from renku_metrics.core.layout import report_key
-from renku_metrics.core.readers import read_metrics
+from renku_metrics.core.readers import read_metrics, read_releases
 from renku_metrics.defs.aggregates.assets import markdown_core
 from renku_metrics.defs.keys import OWNERS, core_actions_name
 from renku_metrics.defs.metadata import markdown_table
@@ -70,7 +70,9 @@ def _headline(frame: pd.DataFrame, prefix: str) -> dict:
     return meta
 
 
-def build_report(weekly: pd.DataFrame, monthly: pd.DataFrame) -> tuple[str, dict[str, bytes], dict]:
+def build_report(
+    weekly: pd.DataFrame, monthly: pd.DataFrame, releases: pd.DataFrame | None = None
+) -> tuple[str, dict[str, bytes], dict]:
     """(markdown of the tables, PNG per chart name, metadata: the tables and the headline numbers)."""
     parts, meta = ["# Renku metrics report", ""], {}
     for label, frame in (("week", weekly), ("month", monthly)):
@@ -85,7 +87,7 @@ def build_report(weekly: pd.DataFrame, monthly: pd.DataFrame) -> tuple[str, dict
         meta[f"latest_complete_{label}_table"] = markdown_table(markdown_core(rows))
         if label == "week":
             meta.update(_headline(rows, "week"))
-    charts = {name: png_bytes(fig) for name, fig in report_charts(weekly, monthly, WEEKS_CHARTED).items()}
+    charts = {name: png_bytes(fig) for name, fig in report_charts(weekly, monthly, WEEKS_CHARTED, releases).items()}
     return "\n".join(parts), charts, meta
 
 
@@ -104,7 +106,8 @@ def build_report_asset() -> AssetsDefinition:
             "The weekly report: the latest complete week and month as a table (users and share of active users "
             "per deployment and core action), charts of each core action's share of active users and distinct "
             f"users per deployment over the last {WEEKS_CHARTED} weeks and over all months (provisional periods "
-            "dashed with hollow markers), and the latest complete week's numbers as metadata "
+            "dashed with hollow markers; each release of the `releases` table a labelled dotted vertical "
+            "line), and the latest complete week's numbers as metadata "
             "(`week/<deployment>/<metric>/pct`, `.../users`, `week/<deployment>/active_users`), which the Plots "
             "tab draws week by week. Also written to `reports/metrics_report/` in the storage root (report.md and "
             "one PNG per chart). Refreshed by `metrics_report_sensor` after the weekly or monthly aggregates "
@@ -121,7 +124,8 @@ def build_report_asset() -> AssetsDefinition:
                 f"no weekly or monthly metrics under {storage.uri('metrics/')}: materialize "
                 f"{UPSTREAM[0].to_user_string()} first"
             )
-        text, charts, meta = build_report(weekly, monthly)
+        # Releases (the releases asset's table, when it exists) are marked on every chart.
+        text, charts, meta = build_report(weekly, monthly, read_releases(storage=storage))
         for name, png in charts.items():
             storage.write_bytes(report_key(NAME, f"{name}.png"), png)
         linked = text + "\n" + "\n".join(f"![{_CAPTIONS.get(n, n)}]({n}.png)\n" for n in charts)
