@@ -21,7 +21,7 @@ WORKDIR /app
 COPY requirements.lock ./
 RUN pip install --requirement requirements.lock
 
-COPY pyproject.toml README.md deployments.yaml ./
+COPY pyproject.toml README.md deployments.yaml demo_releases.yaml ./
 COPY renku_metrics ./renku_metrics
 RUN pip install --no-deps . \
     && useradd --system --uid 10001 --home-dir /app --shell /usr/sbin/nologin renku-metrics \

@@ -36,6 +36,7 @@ expected_direction, expected_size). Plain Python, no Dagster.
 from __future__ import annotations
 
 import datetime as dt
+import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -46,6 +47,7 @@ import pandas as pd
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
 from renku_metrics.core.errors import ConfigError
+from renku_metrics.core.periods import weeks_ago_date
 from renku_metrics.core.sources.base import SettingsBase
 from renku_metrics.core.sources.releases import (
     ForgeRelease,
@@ -163,7 +165,7 @@ def parse_releases_config(raw: Any, where: str, base_dir: Path) -> ReleasesConfi
     return ReleasesConfig(
         github=GitHubSettings.from_mapping(raw["github"], f"{where}.github") if "github" in raw else None,
         gitlab=GitLabSettings.from_mapping(raw["gitlab"], f"{where}.gitlab") if "gitlab" in raw else None,
-        file=(base_dir / file) if file else None,
+        file=Path(os.path.abspath(base_dir / file)) if file else None,
         impact=ImpactSettings.from_mapping(raw.get("impact"), f"{where}.impact"),
         calendar=CalendarSettings.from_mapping(raw.get("calendar"), f"{where}.calendar"),
     )
@@ -195,12 +197,6 @@ class ReleaseEntry(BaseModel):
     url: str | None = None
     expected_effect: ExpectedEffect | None = None
     go_live: dict[str, _Day] | None = None
-
-
-def weeks_ago_date(weeks: int, today: dt.date) -> dt.date:
-    """The Wednesday of the ISO week ``weeks`` weeks before the week of ``today``."""
-    monday = today - dt.timedelta(days=today.weekday())
-    return monday - dt.timedelta(weeks=weeks) + dt.timedelta(days=2)
 
 
 def load_release_list(path: Path) -> list[ReleaseEntry]:
