@@ -14,6 +14,8 @@ File format (see README "Deployments")::
         sources:
           keycloak: {...}           # one entry per source type the deployment has
           gitlab: {...}
+        releases: {...}             # optional: where its releases come from and how their
+                                    # impact is judged (core/value/releases.py)
 
 Secrets are named by environment variable (``*_env`` keys), never written here,
 and read only when a run builds the deployment's sources: a missing secret fails
