@@ -136,6 +136,7 @@ def test_an_incomplete_after_window_is_too_early():
     r = row(frame)
     assert r["verdict"] == "too_early"
     assert str(last_after + dt.timedelta(days=7)) in r["explanation"]
+    assert r["before"] == pytest.approx(30.0) and pd.isna(r["after"]) and pd.isna(r["diff"])
     # the day the last after week is over, the verdict appears by itself
     frame = judge(
         [release("r1", RELEASE_DAY)], metrics_frame(weeks(9), users, ACTIVE), today=last_after + dt.timedelta(days=7)

@@ -269,12 +269,13 @@ def _unit(measure: str) -> str:
 
 
 def _label(metric: str, measure: str, group: str | None) -> str:
-    what = (
-        "active users"
-        if metric == "active_users"
-        else (f"{metric} share of active users" if measure == "pct" else f"{metric} users")
-    )
-    return f"{what} in {group}" if group else what
+    if group:
+        if metric == "active_users":
+            return f"active members of {group}"
+        return f"{metric} share of active members of {group}" if measure == "pct" else f"{metric} users in {group}"
+    if metric == "active_users":
+        return "active users"
+    return f"{metric} share of active users" if measure == "pct" else f"{metric} users"
 
 
 def judge_release(
@@ -319,6 +320,8 @@ def judge_release(
             row["before"], row["after"], row["diff"], row["ci_low"], row["ci_high"] = headline(before, after, measure)
         rows.append(row)
         if too_early:
+            # Only the before-window is final: the after-window's numbers would change.
+            row.update(after=None, diff=None, ci_low=None, ci_high=None)
             row["verdict"] = "too_early"
             row["explanation"] = (
                 f"Too early: the after-window ends with the week of {windows.after[-1]}; the verdict appears "
@@ -388,7 +391,7 @@ def judge_release(
         if p_adj < settings.alpha:
             row["verdict"] = "up" if sign > 0 else "down"
             row["explanation"] = (
-                f"{label.capitalize()} went {row['verdict']} by {_number(abs(row['diff']), measure, True)[1:]} "
+                f"{label[0].upper() + label[1:]} went {row['verdict']} by {_number(abs(row['diff']), measure, True)[1:]} "
                 f"{_unit(measure)} (from {_number(row['before'], measure, False)} to "
                 f"{_number(row['after'], measure, False)}; {model}; adjusted p {p_adj:.3f})."
             )
