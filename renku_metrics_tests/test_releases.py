@@ -284,3 +284,22 @@ def test_default_calendar_knows_lectures_exams_and_breaks():
     assert cal.term(dt.date(2026, 1, 19)) == "exams"
     wrapped = CalendarSettings.from_mapping({"lectures": ["12-01..01-31"], "exams": []}, "x")
     assert wrapped.term(dt.date(2025, 12, 29)) == "lecture" and wrapped.term(dt.date(2026, 3, 2)) == "break"
+
+
+def test_demo_plants_a_session_boost_from_its_release_day_on():
+    from renku_metrics.core.periods import weeks_ago_date
+    from renku_metrics.core.sources.demo import Settings, Source
+
+    plain = Source("demo", Settings(seed=3, users=3000))
+    boosted = Source("demo", Settings(seed=3, users=3000, session_boost=1.6, session_boost_weeks_ago=2))
+    boost_day = weeks_ago_date(2, dt.datetime.now(UTC).date())
+    before = boost_day - dt.timedelta(days=1)
+    after = [boost_day + dt.timedelta(days=i) for i in range(5)]
+    pd_testing = __import__("pandas").testing
+    pd_testing.assert_frame_equal(plain.generate_day(before), boosted.generate_day(before))
+
+    def starters(source, days):
+        return sum((f["action"] == "start_session").sum() for f in map(source.generate_day, days))
+
+    # the same active users each day (same seed and draws); each starts a session 1.6 times as often
+    assert starters(boosted, after) > 1.3 * starters(plain, after) > 0
