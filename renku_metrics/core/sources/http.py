@@ -7,7 +7,8 @@ retry policy:
 * connection errors, timeouts, broken or truncated bodies, invalid JSON and
   HTTP 5xx are retried with exponential backoff and jitter;
 * HTTP 429 waits as long as the server asks, from ``Retry-After`` (seconds or an
-  HTTP date) or else ``RateLimit-Reset`` (unix time), as GitLab sends them;
+  HTTP date) or else ``RateLimit-Reset`` (unix time), as GitLab sends them (a subclass
+  says which other answers mean "rate limited" and how long to wait: GitHub's 403);
 * HTTP 401 on an authenticated request renews the credentials once (an access
   token that expired mid-extract) and repeats the request;
 * anything else (4xx) fails at once, except a 404 where the caller says the
