@@ -161,7 +161,7 @@ def test_too_few_active_users_is_not_enough_data():
     frame = judge([release("r1", RELEASE_DAY)], metrics_frame(weeks(9), [3, 4, 3, 4, 4, 6, 5, 6, 5], [12] * 9))
     r = row(frame)
     assert r["verdict"] == "not_enough_data"
-    assert "12 active users a week" in r["explanation"]
+    assert "12.0 active users a week on a side (20 needed)" in r["explanation"]
 
 
 def test_declared_expectation_is_checked():

@@ -118,6 +118,15 @@ class ModelFit:
     p_value: float
     control: bool  # the year-earlier weeks were used
     calendar: bool  # the academic-calendar term was used
+    se: float = math.nan  # standard error of ``effect``
+    df: float = math.inf  # residual degrees of freedom (t intervals)
+
+    def interval(self, alpha: float) -> tuple[float, float]:
+        """The (1 - alpha) t interval of the effect."""
+        from scipy.stats import t
+
+        half = float(t.ppf(1 - alpha / 2, self.df)) * self.se
+        return self.effect - half, self.effect + half
 
 
 def fit_effect(weeks: pd.DataFrame, measure: str) -> ModelFit | None:
@@ -163,7 +172,8 @@ def fit_effect(weeks: pd.DataFrame, measure: str) -> ModelFit | None:
     p = float(result.pvalues[effect_index])
     if not all(math.isfinite(v) for v in (b, low, high, p)):
         return None
-    return ModelFit(b, low, high, p, control, calendar)
+    se = float(result.bse[effect_index])
+    return ModelFit(b, low, high, p, control, calendar, se, float(result.df_resid))
 
 
 def _expit(v: float) -> float:
@@ -259,6 +269,7 @@ class Windows:
 
 
 def _number(value: float, measure: str, signed: bool = True) -> str:
+    value = value + 0.0 if round(value, 1) != 0 else 0.0  # no "-0.0"
     if measure == "pct":
         return f"{value:+.1f}" if signed else f"{value:.1f}%"
     return f"{value:+.0f}" if signed else f"{value:.0f}"
@@ -349,7 +360,7 @@ def judge_release(
         if not fewest >= settings.min_active_users:
             row["verdict"] = "not_enough_data"
             row["explanation"] = (
-                f"Not enough data: {fewest:.0f} active users a week on a side ({settings.min_active_users} needed)."
+                f"Not enough data: {fewest:.1f} active users a week on a side ({settings.min_active_users} needed)."
             )
             continue
         if before["users"].sum() + after["users"].sum() == 0:
@@ -371,16 +382,24 @@ def judge_release(
             row["verdict"] = "not_enough_data"
             row["explanation"] = "Not enough data: the weekly values do not allow the model to be fitted."
             continue
-        row["model_low"], row["model_high"] = model_interval(fit, measure, row["before"])
         row["p_value"] = fit.p_value
         row["_sign"] = fit.effect
         row["_label"] = label
         row["_fit"] = fit
         to_adjust.append(row)
-    for row, p_adj in zip(to_adjust, benjamini_hochberg([r["p_value"] for r in to_adjust]), strict=True):
+    adjusted = benjamini_hochberg([r["p_value"] for r in to_adjust])
+    # Benjamini-Yekutieli's false-coverage-rate intervals: with R of m metrics called, each
+    # interval at level 1 - R*alpha/m (1 - alpha/m when none is). A called metric's interval
+    # then excludes no change and every other one includes it: interval and verdict agree.
+    called = sum(p < settings.alpha for p in adjusted)
+    level = max(called, 1) * settings.alpha / max(len(to_adjust), 1)
+    for row, p_adj in zip(to_adjust, adjusted, strict=True):
         row["p_adjusted"] = p_adj
         measure, label, fit = row["measure"], row.pop("_label"), row.pop("_fit")
         sign = row.pop("_sign")
+        low, high = fit.interval(level)
+        adjusted_fit = ModelFit(fit.effect, low, high, fit.p_value, fit.control, fit.calendar, fit.se, fit.df)
+        row["model_low"], row["model_high"] = model_interval(adjusted_fit, measure, row["before"])
         interval = f"{_number(row['model_low'], measure)} to {_number(row['model_high'], measure)} {_unit(measure)}"
         extras = ", ".join(
             x
