@@ -303,3 +303,18 @@ def test_demo_plants_a_session_boost_from_its_release_day_on():
 
     # the same active users each day (same seed and draws); each starts a session 1.6 times as often
     assert starters(boosted, after) > 1.3 * starters(plain, after) > 0
+
+
+def test_the_demo_boost_leaves_every_other_action_as_it_was():
+    from renku_metrics.core.periods import weeks_ago_date
+    from renku_metrics.core.sources.demo import Settings, Source
+
+    plain = Source("demo", Settings(seed=3, users=3000))
+    boosted = Source("demo", Settings(seed=3, users=3000, session_boost=2.5, session_boost_weeks_ago=2))
+    day = weeks_ago_date(2, dt.datetime.now(UTC).date()) + dt.timedelta(days=1)
+    a, b = plain.generate_day(day), boosted.generate_day(day)
+    others = ["user_id", "action", "project_id", "occurred_at"]
+    a_rest = a[a["action"] != "start_session"][others].sort_values(others).reset_index(drop=True)
+    b_rest = b[b["action"] != "start_session"][others].sort_values(others).reset_index(drop=True)
+    __import__("pandas").testing.assert_frame_equal(a_rest, b_rest)
+    assert set(a.loc[a["action"] == "start_session", "user_id"]) < set(b.loc[b["action"] == "start_session", "user_id"])

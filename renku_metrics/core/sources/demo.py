@@ -166,8 +166,12 @@ class Source:
         # Logins: most active users log in once or a few times a day.
         logs_in = active[rng.random(len(active)) < pop.p_login[active]]
         emit(np.repeat(logs_in, 1 + rng.poisson(1.8, len(logs_in))), "login")
-        sessions = active[rng.random(len(active)) < self.session_probability(day)[active]]
+        draw = rng.random(len(active))
+        sessions = active[draw < pop.p_session[active]]
         emit(np.repeat(sessions, 1 + rng.poisson(0.3, len(sessions))), "start_session")
+        # The planted release effect: more users start a session (added at the end, from a
+        # stream of their own, so that every other event stays exactly as without it).
+        boosted = active[(draw >= pop.p_session[active]) & (draw < self.session_probability(day)[active])]
         datasets = active[rng.random(len(active)) < pop.p_dataset[active]]
         workflows = active[rng.random(len(active)) < pop.p_workflow[active]]
         committers = active[rng.random(len(active)) < pop.p_commit[active]]
@@ -213,6 +217,28 @@ class Source:
                 }
             )
             frame = pd.concat([frame, bot], ignore_index=True)
+        if len(boosted):
+            extra = np.random.default_rng([s.seed, ordinal, 1])
+            users_b = np.repeat(boosted, 1 + extra.poisson(0.3, len(boosted)))
+            projects_b = pop.projects[users_b, extra.integers(0, pop.projects.shape[1], len(users_b))]
+            frame = pd.concat(
+                [
+                    frame,
+                    pd.DataFrame(
+                        {
+                            "user_id": pop.user_keys[users_b],
+                            "action": "start_session",
+                            "project_id": projects_b.astype(str),
+                            "offset_us": np.clip(extra.normal(13 * 3600, 3 * 3600, len(users_b)), 0, 86399).astype(
+                                np.int64
+                            )
+                            * 1_000_000,
+                            "project_visibility": [pop.project_visibility[int(p)] for p in projects_b],
+                        }
+                    ),
+                ],
+                ignore_index=True,
+            )
         midnight = pd.Timestamp(day.isoformat(), tz="UTC")
         frame["occurred_at"] = midnight + pd.to_timedelta(frame["offset_us"], unit="us")
         frame["deployment"] = self.deployment
