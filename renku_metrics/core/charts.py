@@ -63,6 +63,7 @@ def draw_releases(ax, marks: list[tuple[pd.Timestamp, str]]) -> None:
             ha="right",
             fontsize=7,
             color="0.3",
+            bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.7, "pad": 1},
         )
 
 
