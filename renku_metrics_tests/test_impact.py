@@ -235,3 +235,12 @@ def test_simulated_false_alarms_and_power():
     # the bounds leave room for the sampling error of 100 repetitions.
     assert simulate(100, 0.0, seed=1) <= 0.12
     assert simulate(100, 15.0, seed=2) >= 0.55
+
+
+def test_the_release_week_can_be_counted_in_the_after_window():
+    users = [36, 35, 37, 36, 54, 55, 53, 54, 60]
+    skipped = row(judge([release("r1", RELEASE_DAY)], metrics_frame(weeks(9), users, ACTIVE)))
+    assert skipped["after"] == pytest.approx(100 * (55 + 53 + 54 + 60) / 480)
+    kept = {"d": (ImpactSettings(skip_release_week=False), CalendarSettings())}
+    counted = row(judge([release("r1", RELEASE_DAY)], metrics_frame(weeks(9), users, ACTIVE), settings=kept))
+    assert counted["after"] == pytest.approx(100 * (54 + 55 + 53 + 54) / 480)

@@ -147,3 +147,31 @@ def test_without_releases_configured_the_tables_are_empty(tmp_path):
     )
     assert result.success
     assert read_releases(storage=root).empty and read_release_impact(storage=root).empty
+
+
+def test_the_verdict_check_catches_malformed_tables():
+    from renku_metrics.defs.releases.checks import verdict_problems
+
+    good = {
+        "release": "r1",
+        "deployment": "d",
+        "metric": "commit",
+        "measure": "pct",
+        "group": None,
+        "verdict": "no_change",
+        "model_low": -1.0,
+        "model_high": 2.0,
+        "p_adjusted": 0.5,
+        "confounded_by": None,
+    }
+    assert verdict_problems(pd.DataFrame([good])) == []
+    assert verdict_problems(pd.DataFrame([good, good])) == [
+        "2 rows share a (release, deployment, metric, measure, group)"
+    ]
+    assert verdict_problems(pd.DataFrame([{**good, "verdict": "maybe"}])) == ["unknown verdicts: maybe"]
+    assert verdict_problems(pd.DataFrame([{**good, "model_low": None}])) == [
+        "a judged row lacks its model interval or adjusted p-value"
+    ]
+    assert verdict_problems(pd.DataFrame([{**good, "verdict": "confounded"}])) == [
+        "a confounded row does not name the other release"
+    ]

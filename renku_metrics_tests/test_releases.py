@@ -318,3 +318,11 @@ def test_the_demo_boost_leaves_every_other_action_as_it_was():
     b_rest = b[b["action"] != "start_session"][others].sort_values(others).reset_index(drop=True)
     __import__("pandas").testing.assert_frame_equal(a_rest, b_rest)
     assert set(a.loc[a["action"] == "start_session", "user_id"]) < set(b.loc[b["action"] == "start_session", "user_id"])
+
+
+def test_github_unknown_repository_fails_naming_it(github):
+    s = GitHubSettings.from_mapping({"url": github.url, "repo": "someone/elsewhere"}, "test")
+    with pytest.raises(SourceError) as err:
+        GitHubReleases("demo", s, {}).fetch()
+    assert "HTTP 404" in str(err.value) and "/repos/someone/elsewhere/releases" in str(err.value)
+    assert "deployment 'demo'" in str(err.value)
