@@ -28,7 +28,7 @@ COPY deploy/local/bootstrap_uv.py ./deploy/local/
 RUN python deploy/local/bootstrap_uv.py /opt/uv \
     && /opt/uv/bin/uv sync --locked --no-install-project --no-default-groups --extra k8s --no-cache
 
-COPY README.md deployments.yaml ./
+COPY README.md deployments.yaml demo_releases.yaml ./
 COPY renku_metrics ./renku_metrics
 RUN /opt/uv/bin/uv sync --locked --no-editable --no-default-groups --extra k8s --no-cache \
     && rm -rf /opt/uv \

@@ -95,13 +95,13 @@ def expected_snapshot(deployments: list[str], grouped: list[str] = ()) -> dict:
             "lifecycle_monthly": ["deployments_present", "freshness", "one_row_per_key", "states_add_up"],
             "lifecycle_weekly": ["deployments_present", "freshness", "one_row_per_key", "states_add_up"],
             "metrics_report": [],
-            # An upstream of the digest by key (defined by the releases assets).
-            "release_impact": [],
             "weekly_digest": ["delivered"],
             **{f"raw_events/{name}": RAW_EVENTS_CHECKS for name in deployments},
             "retention_weekly": ["deployments_present", "freshness", "one_row_per_key", "retained_within_cohort"],
             "stickiness_monthly": ["deployments_present", "freshness", "one_row_per_key", "ratios_within_0_1"],
             "target_status": TARGET_CHECKS,
+            "releases": [],
+            "release_impact": ["verdicts_well_formed"],
         },
         "jobs": sorted(
             [
@@ -111,6 +111,7 @@ def expected_snapshot(deployments: list[str], grouped: list[str] = ()) -> dict:
                 "target_status_job",
                 "weekly_metrics",
                 "weekly_digest_job",
+                "releases_daily",
             ]
         ),
         "schedules": {
@@ -118,6 +119,7 @@ def expected_snapshot(deployments: list[str], grouped: list[str] = ()) -> dict:
             "monthly_metrics_schedule": "0 5 1 * *",
             "weekly_metrics_schedule": "0 4 * * 1",  # Mondays
             "weekly_digest_schedule": "30 6-23 * * 1",  # Mondays, hourly from 06:30
+            "releases_daily_schedule": "0 6 * * *",
         },
         "sensors": ["freshness_checks_sensor", "metrics_report_sensor", "target_status_sensor"],
         "resources": ["metrics_storage"],
@@ -163,11 +165,10 @@ def test_every_asset_has_description_group_and_owner():
     graph = shipped_defs().resolve_asset_graph()
     for key in graph.get_all_asset_keys():
         node = graph.get(key)
-        if not node.is_materializable:  # an upstream named by key only, defined elsewhere
-            continue
         assert node.description and len(node.description) > 80, key
         assert "annot see" in node.description or "Cannot see" in node.description, key
-        assert node.group_name in ("raw_events", "metrics", "engagement", "report", "groups", "targets", "digest"), key
+        groups = ("raw_events", "metrics", "engagement", "report", "groups", "targets", "releases", "digest")
+        assert node.group_name in groups, key
         assert node.owners, key
 
 

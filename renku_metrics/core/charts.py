@@ -4,6 +4,8 @@ Every function takes the frames the readers return (``read_metrics``) and return
 a ``matplotlib.figure.Figure`` built without pyplot, so it works under any backend
 (a Dagster run, Jupyter, a script) and never opens a window. ``png_bytes`` renders
 one. Provisional rows (``complete == False``) are drawn dashed with hollow markers.
+Given the releases table (``read_releases``), each release inside a panel's time span
+is drawn as a labelled vertical dotted line (without it the charts are unchanged).
 Plain Python, no Dagster.
 """
 
@@ -37,9 +39,47 @@ def last_periods(frame: pd.DataFrame, count: int | None) -> pd.DataFrame:
     return frame[frame["period_start"].isin(keep)]
 
 
-def metric_chart(frame: pd.DataFrame, measure: str, title: str) -> Figure:
+def releases_in_panel(releases: pd.DataFrame | None, deployment: str, start, end) -> list[tuple[pd.Timestamp, str]]:
+    """(date, name) of the releases to mark on a panel: the deployment's own, or every
+    deployment's (each release once, at its earliest date) on an ``all`` panel; only those
+    dated within [start, end]."""
+    if releases is None or releases.empty:
+        return []
+    rows = releases if deployment in ("all", None) else releases[releases["deployment"] == deployment]
+    rows = rows.assign(when=pd.to_datetime(rows["date"])).sort_values("when").drop_duplicates("release")
+    rows = rows[(rows["when"] >= pd.Timestamp(start)) & (rows["when"] <= pd.Timestamp(end))]
+    return list(zip(rows["when"], rows["release"].astype(str), strict=True))
+
+
+def draw_releases(ax, marks: list[tuple[pd.Timestamp, str]]) -> None:
+    """Each release as a dotted vertical line labelled with its name at the top of the panel."""
+    for when, name in marks:
+        ax.axvline(when, color="0.35", ls=":", lw=1)
+        ax.text(
+            when,
+            0.98,
+            f" {name}",
+            transform=ax.get_xaxis_transform(),
+            rotation=90,
+            va="top",
+            ha="right",
+            fontsize=7,
+            color="0.3",
+            bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.7, "pad": 1},
+        )
+
+
+def _span(frame: pd.DataFrame):
+    """First and last day covered by the periods of ``frame`` (weeks, or months when ``period`` says so)."""
+    starts = pd.to_datetime(frame["period_start"])
+    monthly = "period" in frame and (frame["period"] == "month").any()
+    last = starts.max() + (pd.offsets.MonthEnd(0) if monthly else pd.Timedelta(days=6))
+    return starts.min(), last
+
+
+def metric_chart(frame: pd.DataFrame, measure: str, title: str, releases: pd.DataFrame | None = None) -> Figure:
     """One panel per deployment (``all`` first), one line per metric, of ``measure``
-    ("pct" or "users") over the periods of ``frame``."""
+    ("pct" or "users") over the periods of ``frame``; ``releases`` marked on each panel."""
     if measure not in _MEASURES:
         raise ValueError(f"measure must be one of {sorted(_MEASURES)}, not {measure!r}")
     deployments = list(dict.fromkeys(frame["deployment"])) or ["(no data)"]
@@ -64,6 +104,8 @@ def metric_chart(frame: pd.DataFrame, measure: str, title: str) -> Figure:
             near = provisional | provisional.shift(1, fill_value=False) | provisional.shift(-1, fill_value=False)
             ax.plot(x, y.where(near.to_numpy()), ls="--", color=color)
             ax.plot(x[~done], y[~done], ls="none", marker="o", ms=5, mfc="white", mec=color)
+        if not rows.empty:
+            draw_releases(ax, releases_in_panel(releases, deployment, *_span(rows)))
         ax.set_title(deployment, loc="left", fontsize=10)
         ax.set_ylabel(_MEASURES[measure])
         ax.grid(alpha=0.3)
@@ -78,16 +120,19 @@ def metric_chart(frame: pd.DataFrame, measure: str, title: str) -> Figure:
     return fig
 
 
-def report_charts(weekly: pd.DataFrame, monthly: pd.DataFrame, weeks: int = 52) -> dict[str, Figure]:
+def report_charts(
+    weekly: pd.DataFrame, monthly: pd.DataFrame, weeks: int = 52, releases: pd.DataFrame | None = None
+) -> dict[str, Figure]:
     """The report's charts: share of active users and distinct users, per deployment and
-    core action, over the last ``weeks`` weeks and over all months."""
+    core action, over the last ``weeks`` weeks and over all months, releases marked."""
     recent = last_periods(weekly, weeks)
     charts = {}
     for name, frame, span in (("weekly", recent, f"last {weeks} weeks"), ("monthly", monthly, "all months")):
         if frame.empty:
             continue
-        charts[f"{name}_share"] = metric_chart(frame, "pct", f"Share of active users per core action, {span}")
-        charts[f"{name}_users"] = metric_chart(frame, "users", f"Distinct users per core action, {span}")
+        share_title = f"Share of active users per core action, {span}"
+        charts[f"{name}_share"] = metric_chart(frame, "pct", share_title, releases)
+        charts[f"{name}_users"] = metric_chart(frame, "users", f"Distinct users per core action, {span}", releases)
     return charts
 
 
@@ -98,9 +143,9 @@ def png_bytes(fig: Figure) -> bytes:
     return buffer.getvalue()
 
 
-def active_users_chart(frame: pd.DataFrame, title: str) -> Figure:
+def active_users_chart(frame: pd.DataFrame, title: str, releases: pd.DataFrame | None = None) -> Figure:
     """Active users (the denominator) per deployment over the periods of ``frame``
-    (rows of ``read_active_users``); provisional periods hollow."""
+    (rows of ``read_active_users``); provisional periods hollow; ``releases`` marked."""
     fig = Figure(figsize=(10, 3.2), dpi=80)
     ax = fig.subplots()
     for i, (deployment, rows) in enumerate(frame.groupby("deployment", sort=False)):
@@ -109,6 +154,10 @@ def active_users_chart(frame: pd.DataFrame, title: str) -> Figure:
         done = rows["complete"].astype(bool).to_numpy()
         ax.plot(x, rows["active_users"], marker=".", color=f"C{i}", label=deployment)
         ax.plot(x[~done], rows["active_users"][~done], ls="none", marker="o", mfc="white", mec=f"C{i}")
+    if not frame.empty:
+        shown = frame["deployment"].unique().tolist()
+        rows = releases if releases is None or releases.empty else releases[releases["deployment"].isin(shown)]
+        draw_releases(ax, releases_in_panel(rows, "all", *_span(frame)))
     ax.set_ylabel("active users")
     ax.grid(alpha=0.3)
     ax.legend(frameon=False)
@@ -118,9 +167,9 @@ def active_users_chart(frame: pd.DataFrame, title: str) -> Figure:
     return fig
 
 
-def lifecycle_chart(frame: pd.DataFrame, title: str) -> Figure:
+def lifecycle_chart(frame: pd.DataFrame, title: str, releases: pd.DataFrame | None = None) -> Figure:
     """New, returning and resurrected users stacked above zero and dormant users below,
-    one panel per deployment (rows of ``read_lifecycle``, ``all`` left out)."""
+    one panel per deployment (rows of ``read_lifecycle``, ``all`` left out); ``releases`` marked."""
     deployments = [d for d in dict.fromkeys(frame["deployment"]) if d != "all"] or ["(no data)"]
     fig = Figure(figsize=(10, 2.6 * len(deployments) + 0.9), dpi=80)
     axes = fig.subplots(len(deployments), 1, sharex=True, squeeze=False)[:, 0]
@@ -134,6 +183,8 @@ def lifecycle_chart(frame: pd.DataFrame, title: str) -> Figure:
         ax.bar(x, rows["resurrected_users"], width=width, bottom=bottom, label="resurrected")
         ax.bar(x, -rows["dormant_users"], width=width, label="dormant")
         ax.axhline(0, color="black", lw=0.5)
+        if not rows.empty:
+            draw_releases(ax, releases_in_panel(releases, deployment, *_span(rows)))
         ax.set_title(deployment, loc="left", fontsize=10)
         ax.set_ylabel("users")
     axes[0].legend(loc="lower left", bbox_to_anchor=(0, 1.08), ncol=4, frameon=False)
@@ -143,11 +194,11 @@ def lifecycle_chart(frame: pd.DataFrame, title: str) -> Figure:
     return fig
 
 
-def target_chart(rows: pd.DataFrame, title: str) -> Figure:
+def target_chart(rows: pd.DataFrame, title: str, releases: pd.DataFrame | None = None) -> Figure:
     """One target's latest evaluation (its rows of ``read_target_status`` with the largest
     ``evaluated_week``): the value per period, the expected path from the baseline to the
     goal, the projected trend at the deadline and the goal line; periods without a value
-    (no_data) are left as gaps."""
+    (no_data) are left as gaps; the target's deployment's releases marked."""
     rows = rows.sort_values("period_start")
     fig = Figure(figsize=(10, 3.2), dpi=80)
     ax = fig.subplots()
@@ -175,6 +226,7 @@ def target_chart(rows: pd.DataFrame, title: str) -> Figure:
             ax.text(0.02, 0.2, f"no data: {reason}"[:110], transform=ax.transAxes, fontsize=8, va="center")
         margin = pd.Timedelta(days=7)
         ax.set_xlim(min(x.min(), deadline) - margin, max(x.max(), deadline) + margin)
+        draw_releases(ax, releases_in_panel(releases, first["deployment"], x.min(), x.max()))
         status = rows["status"].iloc[-1]
         ax.set_title(f"status: {status}", loc="left", fontsize=10)
         ax.set_ylabel("% of members" if first["measure"] == "pct_of_members" else first["measure"])

@@ -14,6 +14,8 @@ File format (see docs/operations.md and docs/connecting.md)::
         sources:
           keycloak: {...}           # one entry per source type the deployment has
           gitlab: {...}
+        releases: {...}             # optional: where its releases come from and how their
+                                    # impact is judged (core/value/releases.py)
 
 Secrets are named by environment variable (``*_env`` keys), never written here,
 and read only when a run builds the deployment's sources: a missing secret fails
@@ -41,6 +43,7 @@ from renku_metrics.core.sources import SOURCE_MODULES, source_module
 from renku_metrics.core.sources.base import SettingsBase
 from renku_metrics.core.sources.groups import GroupsSettings
 from renku_metrics.core.validation import YamlError, iso_day, load_yaml, one_line
+from renku_metrics.core.value.releases import ReleasesConfig, parse_releases_config
 
 DEFAULT_DEPLOYMENTS_FILE = "deployments.yaml"
 DEPLOYMENTS_ENV = "RENKU_METRICS_DEPLOYMENTS"
@@ -60,6 +63,8 @@ class Deployment:
     launched_on_start_date: bool = False
     # Group membership (docs/groups.md): Keycloak groups, organizations, e-mail domains, user lists.
     groups: GroupsSettings | None = None
+    # Where its releases come from and how their impact is judged (core/value/releases.py).
+    releases: ReleasesConfig | None = None
 
     def excluded_user_keys(self) -> list[str]:
         """Exclusions as stored user keys (Keycloak ids are pseudonymized)."""
@@ -102,6 +107,7 @@ class DeploymentEntry(BaseModel):
     description: str = ""
     launched_on_start_date: bool = False
     groups: dict[str, Any] | None = None
+    releases: Any = None
 
     @field_validator("name")
     @classmethod
@@ -181,7 +187,11 @@ def _deployment(item: Any, index: int, path: str) -> Deployment:
                 f"{where}: groups: keycloak_groups, organizations and email_domains read the realm of "
                 "sources.keycloak, which this deployment does not have"
             )
+    releases = None
+    if entry.releases is not None:
+        releases = parse_releases_config(entry.releases, f"{where}: releases", Path(path).parent)
     return Deployment(
+        releases=releases,
         name=entry.name,
         start_date=entry.start_date,
         sources=sources,

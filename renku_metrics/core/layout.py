@@ -159,3 +159,12 @@ def membership_of_key(key: str) -> tuple[dt.date, dt.date] | None:
     if not match:
         return None
     return dt.date.fromisoformat(match.group(1)), dt.date.fromisoformat(match.group(2))
+
+
+# Releases and their measured impact (renku_metrics.core.value): one table each, rewritten whole.
+def releases_key() -> str:
+    return f"{metrics_prefix('releases')}releases.parquet"
+
+
+def release_impact_key() -> str:
+    return f"{metrics_prefix('release_impact')}release_impact.parquet"

@@ -83,3 +83,9 @@ def full_weeks_in_month(month_start: dt.date) -> list[dt.date]:
         weeks.append(monday)
         monday += dt.timedelta(days=7)
     return weeks
+
+
+def weeks_ago_date(weeks: int, today: dt.date) -> dt.date:
+    """The Wednesday of the ISO week ``weeks`` weeks before the week of ``today``
+    (a date that moves with the clock: the demo's releases and planted change use it)."""
+    return week_start(today) - dt.timedelta(weeks=weeks) + dt.timedelta(days=2)

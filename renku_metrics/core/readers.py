@@ -184,3 +184,45 @@ def read_target_status(target: str | None = None, storage: Storage | str | None 
         frame = frame[frame["target"] == target]
     frame = _dates(frame, ("period_start", "start", "by", "evaluated_week"))
     return frame.sort_values(["evaluated_week", "target", "period_start"], kind="stable").reset_index(drop=True)
+
+
+# Releases and their measured impact (renku_metrics.core.value.releases / .impact, docs/releases.md).
+
+
+def read_releases(deployment: str | None = None, storage: Storage | str | None = None) -> pd.DataFrame:
+    """Releases per deployment: release, deployment, date (when it went live there), published_at,
+    source (github|gitlab|yaml), url, description, expected_metric, expected_measure,
+    expected_direction, expected_size. Empty when the releases asset has not run."""
+    from renku_metrics.core.layout import releases_key
+    from renku_metrics.core.value.releases import RELEASE_COLUMNS
+
+    store = _storage(storage)
+    if not store.exists(releases_key()):
+        return pd.DataFrame(columns=RELEASE_COLUMNS)
+    frame = store.read_parquet(releases_key()).to_pandas()
+    frame = _dates(frame, ("date",))
+    if deployment is not None:
+        frame = frame[frame["deployment"] == deployment]
+    return frame.sort_values(["deployment", "date", "release"], kind="stable").reset_index(drop=True)
+
+
+def read_release_impact(
+    release: str | None = None, deployment: str | None = None, storage: Storage | str | None = None
+) -> pd.DataFrame:
+    """Before/after verdicts: release, deployment, metric, measure (pct|users), group, release_date,
+    before, after, diff, ci_low, ci_high (pooled, Newcombe), model_low, model_high, p_value, p_adjusted,
+    verdict (up|down|no_change|not_enough_data|confounded|too_early), as_expected, confounded_by,
+    explanation, computed_at. Empty when the release_impact asset has not run."""
+    from renku_metrics.core.layout import release_impact_key
+    from renku_metrics.core.value.impact import IMPACT_COLUMNS
+
+    store = _storage(storage)
+    if not store.exists(release_impact_key()):
+        return pd.DataFrame(columns=IMPACT_COLUMNS)
+    frame = store.read_parquet(release_impact_key()).to_pandas()
+    frame = _dates(frame, ("release_date",))
+    if release is not None:
+        frame = frame[frame["release"] == release]
+    if deployment is not None:
+        frame = frame[frame["deployment"] == deployment]
+    return frame.reset_index(drop=True)

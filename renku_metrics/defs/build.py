@@ -26,6 +26,9 @@ from renku_metrics.defs.groups.assets import build_group_assets
 from renku_metrics.defs.raw_events.assets import build_raw_events_asset
 from renku_metrics.defs.raw_events.checks import raw_events_freshness_rules
 from renku_metrics.defs.raw_events.schedules import build_daily_extract_schedule
+from renku_metrics.defs.releases.assets import build_release_assets
+from renku_metrics.defs.releases.checks import build_release_checks
+from renku_metrics.defs.releases.schedules import build_releases_job_and_schedule
 from renku_metrics.defs.report.assets import build_report_asset, build_report_job_and_sensor
 from renku_metrics.defs.resources import metrics_storage_resource
 from renku_metrics.defs.targets.assets import build_target_status_asset, upstream_keys
@@ -74,6 +77,10 @@ def build_defs(
             "month", config.earliest_start, [k for a in [*monthly, *engagement["month"]] for k in a.keys]
         ),
     }
+    release_assets = build_release_assets(config)
+    releases_job, releases_schedule = build_releases_job_and_schedule(release_assets)
+    jobs.append(releases_job)
+    schedules.append(releases_schedule)
     all_assets = [
         *raw_assets,
         *weekly,
@@ -84,6 +91,7 @@ def build_defs(
         *group_assets["week"],
         *group_assets["month"],
         digest,
+        *release_assets,
     ]
     # Targets ($RENKU_METRICS_TARGETS or core/targets.yaml), their metrics checked against the catalog
     # (a target on a deployment not configured here shows no_data, saying so). target_status depends
@@ -96,7 +104,7 @@ def build_defs(
     jobs.append(target_job)
     return Definitions(
         assets=[*all_assets, target_status],
-        asset_checks=[build_freshness_checks(freshness)],
+        asset_checks=[build_freshness_checks(freshness), *build_release_checks()],
         jobs=jobs,
         schedules=schedules,
         sensors=[build_freshness_sensor(freshness), report_sensor, target_sensor],

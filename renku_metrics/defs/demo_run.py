@@ -125,6 +125,33 @@ def print_targets(storage) -> None:
         print(pd.DataFrame(rows).to_string(index=False))
 
 
+def run_releases(defs, instance: DagsterInstance) -> None:
+    """Materialize releases and release_impact (before the report, whose charts mark releases)."""
+    if "releases_daily" not in {job.name for job in defs.resolve_all_job_defs()}:
+        return
+    t0 = time.time()
+    defs.resolve_job_def("releases_daily").execute_in_process(
+        instance=instance,
+        raise_on_error=True,
+        run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
+    )
+    print(f"  releases_daily: releases and release_impact ok in {time.time() - t0:.1f}s")
+
+
+def print_verdicts(storage) -> None:
+    """The release verdicts of the core actions' shares and of active users, one line each."""
+    from renku_metrics.core.readers import read_release_impact
+
+    impact = read_release_impact(storage=storage)
+    if impact.empty:
+        return
+    shown = impact[impact["group"].isna() & ((impact["measure"] == "pct") | (impact["metric"] == "active_users"))]
+    print("\nRelease verdicts (share of active users in points, active users a week; docs/releases.md):\n")
+    for r in shown.sort_values(["release_date", "deployment", "metric"]).itertuples():
+        expected = "" if pd.isna(r.as_expected) else (" as expected" if r.as_expected else " NOT as expected")
+        print(f"  {r.release:<12} {r.deployment:<11} {r.metric:<15} {r.verdict:<16}{expected}  {r.explanation}")
+
+
 def die_with_parent() -> None:
     """Linux: end this process (SIGTERM) when its parent dies, e.g. ``make demo``'s make is killed.
 
@@ -201,6 +228,7 @@ def main(argv: list[str] | None = None) -> int:
             run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
         )
         print(f"  target_status {last_week}: every target evaluated as of that week")
+        run_releases(defs, instance)
         defs.resolve_job_def("metrics_report_job").execute_in_process(
             instance=instance,
             raise_on_error=True,
@@ -245,6 +273,7 @@ def main(argv: list[str] | None = None) -> int:
             print(summary(frame[frame["period_start"] == last]))
 
     print_targets(storage)
+    print_verdicts(storage)
     print(f"\nData under {storage.root}; `make dev` opens the UI with these runs.")
     return 0
 

@@ -351,6 +351,8 @@ class GitLabSimulator(SimulatorServer):
             return self._project_events(request, int(match.group(1)))
         if match := re.fullmatch(r"/api/v4/projects/(\d+)/repository/commits", path):
             return self._commits(request, int(match.group(1)))
+        if match := re.fullmatch(r"/api/v4/projects/([^/]+)/releases", path):
+            return self._releases(request, match.group(1))
         if match := re.fullmatch(r"/api/v4/users/(\d+)", path):
             user = self.users.get(int(match.group(1)))
             return Response.json(user) if user else Response.json({"message": "404 User Not Found"}, status=404)
@@ -445,6 +447,41 @@ class GitLabSimulator(SimulatorServer):
         if ref in repo.branches:
             return repo.branches[ref]
         return ref if ref in repo.commits else None
+
+    # -- releases (GET /projects/:id/releases: newest released_at first, offset paging) --
+
+    def add_release(
+        self, project_id: int, tag: str, released_at: dt.datetime, name: str | None = None
+    ) -> dict[str, Any]:
+        """A release of a project (``created_at`` a day before ``released_at``)."""
+        record = {
+            "tag_name": tag,
+            "name": name or tag,
+            "description": f"Release {tag}",
+            "created_at": iso_ms_z(released_at - dt.timedelta(days=1)),
+            "released_at": iso_ms_z(released_at),
+            "upcoming_release": released_at > self.now(),
+            "_links": {
+                "self": f"https://gitlab.example.org/{self.projects[project_id]['path_with_namespace']}/-/releases/{tag}"
+            },
+        }
+        self.__dict__.setdefault("project_releases", {}).setdefault(project_id, []).append(record)
+        return record
+
+    def _releases(self, request: Request, ref: str) -> Response:
+        from urllib.parse import unquote
+
+        path = unquote(ref)
+        by_path = {p["path_with_namespace"]: i for i, p in self.projects.items()}
+        project_id = int(path) if path.isdigit() else by_path.get(path)
+        if project_id not in self.projects:
+            return Response.json({"message": "404 Project Not Found"}, status=404)
+        items = list(self.__dict__.get("project_releases", {}).get(project_id, []))
+        key = request.arg("order_by", "released_at")
+        items.sort(key=lambda r: r[key if key in ("released_at", "created_at") else "released_at"])
+        if request.arg("sort", "desc") == "desc":
+            items.reverse()
+        return self._offset_page(request, items, totals=True)
 
     # -- paging ----------------------------------------------------------------
 

@@ -11,6 +11,12 @@ mid-February to May and mid-September to mid-December). Logins are far more
 frequent than commits; dataset creations and workflow runs are rarer and, as in
 Renku 1, each comes with a commit. One service account (``bot_user_id``) commits
 every weekday, which is what ``excluded_users`` in deployments.yaml is for.
+
+A release effect can be planted: from the Wednesday ``session_boost_weeks_ago`` ISO
+weeks before the current week, each user's chance to start a session on an active day
+is multiplied by ``session_boost``. That date moves with the clock (so that it stays
+inside the demo's last 12 weeks, where the demo's release list puts a release on the
+same day): the one input besides settings and day, and only with the boost configured.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ import numpy as np
 import pandas as pd
 
 from renku_metrics.core.events import EVENT_COLUMNS, SourceResult, TimeWindow, make_event_id, pseudonymize_user
+from renku_metrics.core.periods import weeks_ago_date
 from renku_metrics.core.sources.base import SettingsBase
 
 SOURCE_NAME = "demo"
@@ -46,6 +53,8 @@ class Settings(SettingsBase):
     small_team: int = 3
     team_changes_from: dt.date = dt.date(2025, 3, 1)
     team_changes_to: dt.date = dt.date(2026, 10, 31)
+    session_boost: float = 1.0  # planted release effect on session starts (1.0: none)
+    session_boost_weeks_ago: int | None = None
 
 
 @dataclass(frozen=True)
@@ -227,6 +236,14 @@ class Source:
         frame = frame[(frame["occurred_at"] >= start) & (frame["occurred_at"] < end)].reset_index(drop=True)
         return SourceResult(source=SOURCE_NAME, frame=frame, stats={"generated_days": len(frames)})
 
+    def session_probability(self, day: dt.date) -> np.ndarray:
+        """Each user's chance to start a session on an active day (boosted from the planted release on)."""
+        s, p = self.settings, build_population(self.settings).p_session
+        if s.session_boost_weeks_ago is None or s.session_boost == 1.0:
+            return p
+        boost_from = weeks_ago_date(s.session_boost_weeks_ago, dt.datetime.now(dt.timezone.utc).date())
+        return np.minimum(0.95, p * s.session_boost) if day >= boost_from else p
+
     def generate_day(self, day: dt.date) -> pd.DataFrame:
         s = self.settings
         pop = build_population(s)
@@ -251,8 +268,12 @@ class Source:
         # Logins: most active users log in once or a few times a day.
         logs_in = active[rng.random(len(active)) < pop.p_login[active]]
         emit(np.repeat(logs_in, 1 + rng.poisson(1.8, len(logs_in))), "login")
-        sessions = active[rng.random(len(active)) < pop.p_session[active]]
+        draw = rng.random(len(active))
+        sessions = active[draw < pop.p_session[active]]
         emit(np.repeat(sessions, 1 + rng.poisson(0.3, len(sessions))), "start_session")
+        # The planted release effect: more users start a session (added at the end, from a
+        # stream of their own, so that every other event stays exactly as without it).
+        boosted = active[(draw >= pop.p_session[active]) & (draw < self.session_probability(day)[active])]
         datasets = active[rng.random(len(active)) < pop.p_dataset[active]]
         workflows = active[rng.random(len(active)) < pop.p_workflow[active]]
         committers = active[rng.random(len(active)) < pop.p_commit[active]]
@@ -298,6 +319,28 @@ class Source:
                 }
             )
             frame = pd.concat([frame, bot], ignore_index=True)
+        if len(boosted):
+            extra = np.random.default_rng([s.seed, ordinal, 1])
+            users_b = np.repeat(boosted, 1 + extra.poisson(0.3, len(boosted)))
+            projects_b = pop.projects[users_b, extra.integers(0, pop.projects.shape[1], len(users_b))]
+            frame = pd.concat(
+                [
+                    frame,
+                    pd.DataFrame(
+                        {
+                            "user_id": pop.user_keys[users_b],
+                            "action": "start_session",
+                            "project_id": projects_b.astype(str),
+                            "offset_us": np.clip(extra.normal(13 * 3600, 3 * 3600, len(users_b)), 0, 86399).astype(
+                                np.int64
+                            )
+                            * 1_000_000,
+                            "project_visibility": [pop.project_visibility[int(p)] for p in projects_b],
+                        }
+                    ),
+                ],
+                ignore_index=True,
+            )
         midnight = pd.Timestamp(day.isoformat(), tz="UTC")
         frame["occurred_at"] = midnight + pd.to_timedelta(frame["offset_us"], unit="us")
         frame["deployment"] = self.deployment

@@ -7,7 +7,8 @@ retry policy:
 * connection errors, timeouts, broken or truncated bodies, invalid JSON and
   HTTP 5xx are retried with exponential backoff and jitter;
 * HTTP 429 waits as long as the server asks, from ``Retry-After`` (seconds or an
-  HTTP date) or else ``RateLimit-Reset`` (unix time), as GitLab sends them;
+  HTTP date) or else ``RateLimit-Reset`` (unix time), as GitLab sends them (a subclass
+  says which other answers mean "rate limited" and how long to wait: GitHub's 403);
 * HTTP 401 on an authenticated request renews the credentials once (an access
   token that expired mid-extract) and repeats the request;
 * anything else (4xx) fails at once, except a 404 where the caller says the
@@ -324,15 +325,20 @@ class HttpClient:
                     self.auth.invalidate()
                     renewed = True
                     continue
-                elif status == 429:
+                elif self.is_rate_limited(response):
                     self._count("http_rate_limited")
                     wait = self._rate_limit_wait(response)
-                    failure = "HTTP 429 Too Many Requests (rate limited)"
+                    failure = (
+                        "HTTP 429 Too Many Requests (rate limited)"
+                        if status == 429
+                        else f"HTTP {status} (rate limited)"
+                    )
                     if wait is not None and wait > settings.max_rate_limit_wait_seconds:
                         raise self.error(
                             method,
                             url,
-                            f"{failure}; the server asks to wait {wait:.0f} s, more than the "
+                            f"{failure}; the server asks to wait {wait:.0f} s (until "
+                            f"{_utc_text(self._clock() + wait)}), more than the "
                             f"allowed {settings.max_rate_limit_wait_seconds:.0f} s",
                             status,
                         )
@@ -367,6 +373,11 @@ class HttpClient:
                 wait,
             )
             self._sleep(wait)
+
+    def is_rate_limited(self, response: requests.Response) -> bool:
+        """Whether an answer means "slow down" (waited for, then retried): HTTP 429 here;
+        a client for an API that also says it with 403 (GitHub) overrides this."""
+        return response.status_code == 429
 
     @staticmethod
     def _hint(status: int) -> str:
@@ -472,6 +483,10 @@ class HttpClient:
 
     def close(self) -> None:
         self.session.close()
+
+
+def _utc_text(timestamp: float) -> str:
+    return dt.datetime.fromtimestamp(timestamp, dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def bounded_map(fn: Callable[[T], R], items: Iterable[T], max_concurrency: int) -> list[R]:

@@ -37,7 +37,7 @@ from dagster import (
 
 from renku_metrics.core.charts import latest_complete, png_bytes, report_charts, target_chart
 from renku_metrics.core.layout import report_key
-from renku_metrics.core.readers import read_metrics, read_target_status
+from renku_metrics.core.readers import read_metrics, read_releases, read_target_status
 from renku_metrics.core.value.targets import latest_evaluation, targets_markdown
 from renku_metrics.defs.aggregates.assets import markdown_core
 from renku_metrics.defs.keys import OWNERS, core_actions_name
@@ -73,7 +73,9 @@ def _headline(frame: pd.DataFrame, prefix: str) -> dict:
     return meta
 
 
-def targets_section(targets: pd.DataFrame) -> tuple[list[str], dict[str, bytes], dict]:
+def targets_section(
+    targets: pd.DataFrame, releases: pd.DataFrame | None = None
+) -> tuple[list[str], dict[str, bytes], dict]:
     """The report's targets: (markdown lines, PNG per group target's chart, metadata)."""
     if targets.empty:
         return ["## Targets", "", "No target status stored yet (materialize target_status).", ""], {}, {}
@@ -83,12 +85,15 @@ def targets_section(targets: pd.DataFrame) -> tuple[list[str], dict[str, bytes],
     for target, rows in latest[latest["group"].notna()].groupby("target", sort=True):
         first = rows.iloc[0]
         title = f"{target}: {first['metric']} {first['measure']} of {first['group']} ({first['deployment']}) per {first['period']}"
-        charts[f"target_{target}"] = png_bytes(target_chart(rows, title))
+        charts[f"target_{target}"] = png_bytes(target_chart(rows, title, releases))
     return ["## Targets", "", table, ""], charts, {"targets": markdown_table(table)}
 
 
 def build_report(
-    weekly: pd.DataFrame, monthly: pd.DataFrame, targets: pd.DataFrame | None = None
+    weekly: pd.DataFrame,
+    monthly: pd.DataFrame,
+    targets: pd.DataFrame | None = None,
+    releases: pd.DataFrame | None = None,
 ) -> tuple[str, dict[str, bytes], dict]:
     """(markdown of the tables, PNG per chart name, metadata: the tables and the headline numbers)."""
     parts, meta = ["# Renku metrics report", ""], {}
@@ -104,9 +109,9 @@ def build_report(
         meta[f"latest_complete_{label}_table"] = markdown_table(markdown_core(rows))
         if label == "week":
             meta.update(_headline(rows, "week"))
-    charts = {name: png_bytes(fig) for name, fig in report_charts(weekly, monthly, WEEKS_CHARTED).items()}
+    charts = {name: png_bytes(fig) for name, fig in report_charts(weekly, monthly, WEEKS_CHARTED, releases).items()}
     if targets is not None:
-        lines, target_charts, target_meta = targets_section(targets)
+        lines, target_charts, target_meta = targets_section(targets, releases)
         parts += lines
         charts.update(target_charts)
         meta.update(target_meta)
@@ -128,7 +133,8 @@ def build_report_asset() -> AssetsDefinition:
             "The weekly report: the latest complete week and month as a table (users and share of active users "
             "per deployment and core action), charts of each core action's share of active users and distinct "
             f"users per deployment over the last {WEEKS_CHARTED} weeks and over all months (provisional periods "
-            "dashed with hollow markers), and the latest complete week's numbers as metadata "
+            "dashed with hollow markers; each release of the `releases` table a labelled dotted vertical "
+            "line), and the latest complete week's numbers as metadata "
             "(`week/<deployment>/<metric>/pct`, `.../users`, `week/<deployment>/active_users`), which the Plots "
             "tab draws week by week; the targets: each target's latest status with value vs expected, deadline "
             "and weeks left, and a chart per group target (value, expected path, goal line). Also written to `reports/metrics_report/` in the storage root (report.md and "
@@ -146,7 +152,10 @@ def build_report_asset() -> AssetsDefinition:
                 f"no weekly or monthly metrics under {storage.uri('metrics/')}: materialize "
                 f"{UPSTREAM[0].to_user_string()} first"
             )
-        text, charts, meta = build_report(weekly, monthly, read_target_status(storage=storage))
+        # Releases (the releases asset's table, when it exists) are marked on every chart.
+        text, charts, meta = build_report(
+            weekly, monthly, read_target_status(storage=storage), read_releases(storage=storage)
+        )
         for name, png in charts.items():
             storage.write_bytes(report_key(NAME, f"{name}.png"), png)
         linked = text + "\n" + "\n".join(f"![{_CAPTIONS.get(n, n)}]({n}.png)\n" for n in charts)
