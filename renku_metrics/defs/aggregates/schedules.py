@@ -14,10 +14,9 @@ from dagster import (
 
 from renku_metrics.core.config import MetricsConfig
 from renku_metrics.core.coverage import coverage_for
-from renku_metrics.core.layout import metrics_key
 from renku_metrics.core.periods import PERIOD_SUFFIX, period_bounds, period_start_of, previous_period_start
+from renku_metrics.core.publication import stored_pair_complete
 from renku_metrics.core.storage import Storage
-from renku_metrics.defs.keys import active_users_name
 from renku_metrics.defs.resources import MetricsStorageResource
 from renku_metrics.defs.runs import partitions_in_flight
 
@@ -42,9 +41,8 @@ def periods_to_aggregate(
         starts.append(start)
     wanted = starts[:1]
     for start in starts[1:]:
-        key = metrics_key(active_users_name(period), start)
-        stored_complete = storage.exists(key) and bool(storage.read_parquet(key).to_pandas()["complete"].all())
-        if stored_complete:
+        # Complete only when both tables are stored as one pair (core.publication).
+        if stored_pair_complete(storage, period, start):
             continue
         end = period_bounds(period, start)[1]
         now_complete = all(
