@@ -111,16 +111,20 @@ def read_checked(storage: Storage, deployment: str, key: str, accepted: Iterable
     return data
 
 
-def damaged_local_files(
-    storage: Storage, deployment_of: dict[str, str], keys: list[str], paths: list[str]
-) -> list[DamagedFileError]:
+def deployment_of_key(key: str) -> str:
+    """The deployment of a per-day key (``raw_events/deployment=<name>/date=.../...``)."""
+    part = key.split("/")[1] if key.count("/") >= 2 else ""
+    return part.split("=", 1)[1] if "=" in part else "?"
+
+
+def damaged_local_files(storage: Storage, keys: list[str], paths: list[str]) -> list[DamagedFileError]:
     """The files among ``keys`` (local copies at ``paths``) that are damaged: wrong size against
     their manifest, or Parquet that does not parse. For a scan that failed on one of them."""
     from renku_metrics.core.manifest import Manifest
 
     found = []
     for key, path in zip(keys, paths, strict=True):
-        deployment = deployment_of.get(key, "?")
+        deployment = deployment_of_key(key)
         with open(path, "rb") as handle:
             data = handle.read()
         try:

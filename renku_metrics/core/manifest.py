@@ -11,7 +11,7 @@ import datetime as dt
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from renku_metrics.core.integrity import DamagedFileError, read_manifest_json
+from renku_metrics.core.integrity import DamagedFileError, deployment_of_key, read_manifest_json
 from renku_metrics.core.layout import day_of_key, manifest_key
 from renku_metrics.core.storage import Storage
 
@@ -112,15 +112,13 @@ class Manifest:
     @classmethod
     def read_key(cls, storage: Storage, key: str) -> Manifest:
         """The manifest at ``key``; a DamagedFileError (one line naming it) if it cannot be read."""
-        raw = read_manifest_json(storage, _deployment_of(key), key)
+        raw = read_manifest_json(storage, deployment_of_key(key), key)
         try:
             return cls.from_json(raw)
         except (KeyError, TypeError, ValueError) as exc:
             raise DamagedFileError(
-                _deployment_of(key), day_of_key(key), storage.uri(key), f"not a manifest ({type(exc).__name__}: {exc})"
+                deployment_of_key(key),
+                day_of_key(key),
+                storage.uri(key),
+                f"not a manifest ({type(exc).__name__}: {exc})",
             ) from None
-
-
-def _deployment_of(key: str) -> str:
-    part = key.split("/")[1] if key.count("/") >= 2 else ""
-    return part.split("=", 1)[1] if "=" in part else "?"
