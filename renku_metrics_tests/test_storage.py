@@ -305,3 +305,37 @@ def test_killing_the_demo_parent_ends_the_demo_run(tmp_path):
         time.sleep(0.1)
     assert _ended(child), "the demo run kept running after its parent was killed"
     assert "Data under" not in output.read_text()  # it stopped mid-run, not at the end
+
+
+# -- almost-S3 roots and endpoints carrying credentials ------------------------------------------
+
+
+@pytest.mark.parametrize("root", ["s3//bucket/prefix", "S3//bucket", "https//host/x", "s3/bucket/prefix", "gs/b/x"])
+def test_an_almost_s3_root_is_refused_before_anything_is_written(root, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(StorageError, match=re.escape("looks like a URI but is not one (expected s3://bucket/prefix")):
+        open_storage(root)
+    assert list(tmp_path.iterdir()) == []  # nothing under the working directory
+    # Spelled as a local path it is one.
+    assert open_storage("./" + root).root == str(tmp_path / root.replace("//", "/"))
+
+
+@pytest.mark.parametrize("variable", [False, True])
+def test_an_endpoint_url_with_credentials_is_refused_without_showing_them(variable, monkeypatch):
+    url = "https://AKIAEXAMPLE:s3cr3t-p4ss@s3.example.org:9000"
+    if variable:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", url)
+    with pytest.raises(StorageError) as info:
+        open_storage("s3://bucket/prefix", endpoint_url=None if variable else url)
+    message = str(info.value)
+    assert "carries credentials (user:password@)" in message and "https://***@s3.example.org:9000" in message
+    assert "s3cr3t" not in message and "AKIAEXAMPLE" not in message
+
+
+def test_an_amalthea_endpoint_url_with_credentials_is_a_config_error():
+    from renku_metrics.core.errors import ConfigError
+    from renku_metrics.core.sources.amalthea import Settings
+
+    settings = Settings(bucket="audit", endpoint_url="http://user:pw@minio.local:9000")
+    with pytest.raises(ConfigError, match=r"x.endpoint_url: carries credentials \(http://\*\*\*@minio.local:9000\)"):
+        settings.validate("x")

@@ -85,6 +85,15 @@ class Settings(SettingsBase):
         for name in ("lookback_hours", "max_attempts"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{where}.{name}: must be at least 1")
+        if self.endpoint_url:
+            parts = urlsplit(self.endpoint_url)
+            if parts.username is not None or parts.password is not None or "@" in parts.netloc:
+                # Such a URL ends up in logs and messages: credentials come from the environment only.
+                raise ConfigError(
+                    f"{where}.endpoint_url: carries credentials ({parts.scheme}://***@"
+                    f"{parts.netloc.rsplit('@', 1)[-1]}): name them with access_key_id_env and "
+                    "secret_access_key_env instead"
+                )
 
 
 @dataclass(frozen=True)
