@@ -18,6 +18,7 @@ from renku_metrics.core.periods import PERIOD_SUFFIX, period_bounds, period_star
 from renku_metrics.core.publication import stored_pair_complete
 from renku_metrics.core.storage import Storage
 from renku_metrics.defs.resources import MetricsStorageResource
+from renku_metrics.defs.run_limits import job_tags, scheduled_run_tags
 from renku_metrics.defs.runs import partitions_in_flight
 
 RECHECK_PERIODS = {"week": 4, "month": 2}
@@ -68,6 +69,7 @@ def build_period_job_and_schedule(config: MetricsConfig, period: str, assets: li
         # The assets with their own checks; the freshness checks are evaluated by their sensor.
         selection=AssetSelection.assets(*assets).without_checks() | AssetSelection.checks(*assets),
         description=f"Aggregate the {PERIOD_SUFFIX[period]} metrics of a period.",
+        tags=job_tags("period_metrics"),
     )
 
     @schedule(
@@ -92,6 +94,6 @@ def build_period_job_and_schedule(config: MetricsConfig, period: str, assets: li
             context.log.info("Not requested again, already queued or running: %s", ", ".join(sorted(busy)))
         for key in keys:
             if key not in busy:
-                yield RunRequest(run_key=f"{key}@{today.isoformat()}", partition_key=key)
+                yield RunRequest(run_key=f"{key}@{today.isoformat()}", partition_key=key, tags=scheduled_run_tags())
 
     return job, period_schedule

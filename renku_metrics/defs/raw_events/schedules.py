@@ -19,6 +19,7 @@ from renku_metrics.core.config import Deployment
 from renku_metrics.core.manifest import Manifest
 from renku_metrics.core.storage import Storage
 from renku_metrics.defs.resources import MetricsStorageResource
+from renku_metrics.defs.run_limits import job_tags, scheduled_run_tags
 from renku_metrics.defs.runs import partitions_in_flight
 
 REEXTRACT_DAYS = 7
@@ -60,6 +61,7 @@ def build_daily_extract_schedule(deployment: Deployment, asset_def: AssetsDefini
         selection=AssetSelection.assets(asset_def).without_checks() | AssetSelection.checks(asset_def),
         description=f"Extract UTC days of deployment {deployment.name}.",
         op_retry_policy=EXTRACT_RETRY_POLICY,
+        tags=job_tags("daily_extract"),
     )
 
     @schedule(
@@ -84,6 +86,6 @@ def build_daily_extract_schedule(deployment: Deployment, asset_def: AssetsDefini
             context.log.info("Not requested again, already queued or running: %s", ", ".join(sorted(busy)))
         for key in keys:
             if key not in busy:
-                yield RunRequest(run_key=f"{key}@{today.isoformat()}", partition_key=key)
+                yield RunRequest(run_key=f"{key}@{today.isoformat()}", partition_key=key, tags=scheduled_run_tags())
 
     return job, daily_extract
