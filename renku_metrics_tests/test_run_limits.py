@@ -76,3 +76,71 @@ def test_scheduled_runs_get_a_one_hour_max_runtime(tmp_path, fixture_source):
             assert requests, name
             for request in requests:
                 assert request.tags["dagster/max_runtime"] == "3600", name
+
+
+REPO = __import__("pathlib").Path(__file__).resolve().parent.parent
+
+
+def _yaml(name: str) -> dict:
+    import yaml
+
+    return yaml.safe_load((REPO / name).read_text())
+
+
+def test_helm_values_give_run_pods_what_the_code_sets():
+    from renku_metrics.defs.run_limits import (
+        RUN_CONTAINER_SECURITY_CONTEXT,
+        RUN_POD_RESOURCES,
+        RUN_POD_SECURITY_CONTEXT,
+    )
+
+    values = _yaml("deploy/helm/values.yaml")
+    [code] = values["dagster-user-deployments"]["deployments"]
+    # Copied into every run (includeConfigInLaunchedRuns), where they win over runK8sConfig.
+    assert code["includeConfigInLaunchedRuns"] == {"enabled": True}
+    assert code["resources"] == RUN_POD_RESOURCES
+    run = values["runLauncher"]["config"]["k8sRunLauncher"]["runK8sConfig"]
+    assert "resources" not in run["containerConfig"]  # would lose to the copied ones anyway
+    assert run["containerConfig"]["securityContext"] == RUN_CONTAINER_SECURITY_CONTEXT
+    assert run["podSpecConfig"]["securityContext"] == RUN_POD_SECURITY_CONTEXT
+    assert code["podSecurityContext"] == RUN_POD_SECURITY_CONTEXT
+
+
+def test_the_instance_keeps_no_tick_forever_and_is_valid(monkeypatch):
+    from dagster._config import process_config
+    from dagster._core.definitions.run_request import InstigatorType
+    from dagster._core.instance.config import (
+        dagster_instance_config_schema,
+        get_default_tick_retention_settings,
+        get_tick_retention_settings,
+    )
+
+    for name in ("HOST", "PORT", "DB", "USER", "PASSWORD"):
+        monkeypatch.setenv(f"DAGSTER_PG_{name}", "5432" if name == "PORT" else "x")  # only parsed, never used
+    instance = _yaml("dagster.yaml")
+    result = process_config(dagster_instance_config_schema(), instance)
+    assert result.success, result.errors
+    assert instance["run_queue"]["dequeue_use_threads"] is True and instance["run_queue"]["dequeue_num_workers"] == 4
+    helm = _yaml("deploy/helm/values.yaml")["retention"]
+    for kind, name in ((InstigatorType.SCHEDULE, "schedule"), (InstigatorType.SENSOR, "sensor")):
+        default = get_default_tick_retention_settings(kind)
+        ours = get_tick_retention_settings(instance["retention"][name], default)
+        chart = get_tick_retention_settings({"purge_after_days": helm[name]["purgeAfterDays"]}, default)
+        assert ours == chart
+        assert all(days > 0 for days in ours.values()), (name, ours)  # -1 would be forever
+
+
+def test_the_instance_file_loads_with_threads_and_retention(tmp_path):
+    """dagster.yaml as Dagster loads it (its PostgreSQL storage swapped for a local one)."""
+    import yaml
+    from dagster import DagsterInstance
+    from dagster._core.definitions.run_request import InstigatorType
+    from dagster._core.scheduler.instigation import TickStatus
+
+    config = _yaml("dagster.yaml")
+    del config["storage"]
+    (tmp_path / "dagster.yaml").write_text(yaml.safe_dump(config))
+    with DagsterInstance.from_config(str(tmp_path)) as instance:
+        assert instance.run_coordinator.dequeue_use_threads is True
+        assert instance.get_tick_retention_settings(InstigatorType.SENSOR)[TickStatus.STARTED] == 30
+        assert instance.get_tick_retention_settings(InstigatorType.SCHEDULE)[TickStatus.STARTED] == 30
