@@ -339,3 +339,32 @@ def test_an_amalthea_endpoint_url_with_credentials_is_a_config_error():
     settings = Settings(bucket="audit", endpoint_url="http://user:pw@minio.local:9000")
     with pytest.raises(ConfigError, match=r"x.endpoint_url: carries credentials \(http://\*\*\*@minio.local:9000\)"):
         settings.validate("x")
+
+
+def test_a_full_disk_names_the_path_and_the_space_needed(tmp_path):
+    """The kernel refuses the write (here: the process's file-size limit, EFBIG, as ENOSPC would)."""
+    script = textwrap.dedent(
+        f"""
+        import resource, signal
+        from renku_metrics.core.storage import LocalStorage, StorageError
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # the write fails with EFBIG instead of a signal
+        storage = LocalStorage({str(tmp_path / "root")!r})
+        storage.write_bytes("raw/day.parquet", b"old")
+        resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
+        try:
+            storage.write_bytes("raw/day.parquet", b"x" * 100_000)
+        except StorageError as exc:
+            print(exc)
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    line = done.stdout.strip()
+    assert "\n" not in line
+    target = tmp_path / "root" / "raw" / "day.parquet"
+    assert line.startswith(
+        f"storage root {tmp_path / 'root'}: cannot write {target}: File too large (100000 bytes needed, "
+    )
+    assert "bytes free there" in line and "the previous object is unchanged" in line
+    assert target.read_bytes() == b"old"
+    assert [p.name for p in target.parent.iterdir()] == ["day.parquet"]  # no partial file left

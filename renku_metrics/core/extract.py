@@ -22,6 +22,7 @@ import io
 import json
 import logging
 import os
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -272,6 +273,15 @@ def _replace_files(storage: Storage, manifest: Manifest | None, files: dict[str,
     return records
 
 
+# The stats key in which each kind of source counts the requests it made to its upstream.
+REQUEST_STATS = ("http_requests", "s3_requests", "sql_queries")
+
+
+def upstream_requests(stats: Mapping[str, Any]) -> int:
+    """Requests a source made to its upstream for one window (HTTP requests, S3 requests, SQL queries)."""
+    return int(sum(stats.get(key, 0) for key in REQUEST_STATS))
+
+
 def build_sources(deployment: Deployment, env: Mapping[str, str]) -> dict[str, Any]:
     """One source object per configured source type (secrets are read from ``env`` here)."""
     built = {}
@@ -351,6 +361,7 @@ def extract_day(
     frames, rejected, sources = [], [], {}
     previous = _previous_day(storage, deployment.name, day)
     for source_type, source in built.items():
+        started = time.perf_counter()
         try:
             result = source.extract(window)
         except SourceError as exc:
@@ -366,6 +377,9 @@ def extract_day(
             "events": int(len(frame)),
             "rejected": len(result.rejected),
             "stats": dict(result.stats),
+            # The cost against the upstream: requests made (retries included) and time taken.
+            "requests": upstream_requests(result.stats),
+            "seconds": round(time.perf_counter() - started, 3),
         }
         if not result.complete and previous is not None:
             frame, info = _keep_previous(frame, info, previous, source_type)

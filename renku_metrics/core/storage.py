@@ -17,6 +17,7 @@ and, after a crash, by the next process that opens S3 storage. No Dagster in her
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
 import json
 import os
@@ -117,6 +118,18 @@ class Storage(ABC):
         return json.loads(self.read_bytes(key))
 
 
+# A write that failed for lack of space: disk full, quota exceeded, or over the process's file-size limit.
+_NO_SPACE = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+
+
+def _free_bytes(directory: Path) -> int | str:
+    try:
+        st = os.statvfs(directory)
+    except OSError:
+        return "unknown"
+    return st.f_bavail * st.f_frsize
+
+
 def _sweep_stale_parts(directory: Path) -> None:
     """Remove ``.tmp-<pid>-*.part`` files that a killed process left behind (its pid no longer runs)."""
     with contextlib.suppress(FileNotFoundError):
@@ -165,9 +178,15 @@ class LocalStorage(Storage):
                 handle.flush()
                 os.fsync(handle.fileno())
             os.replace(tmp, target)
-        except BaseException:
+        except BaseException as exc:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
+            if isinstance(exc, OSError) and exc.errno in _NO_SPACE:
+                raise StorageError(
+                    f"storage root {self.root}: cannot write {target}: {exc.strerror} ({len(data)} bytes needed, "
+                    f"{_free_bytes(target.parent)} bytes free there): free space or move the storage root; "
+                    "the previous object is unchanged"
+                ) from None
             raise
 
     def read_bytes(self, key: str) -> bytes:

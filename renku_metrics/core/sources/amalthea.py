@@ -173,6 +173,13 @@ class Source:
                 s3={"addressing_style": settings.addressing_style},
             ),
         )
+        # Every HTTP request to the endpoint (retries included): the extraction's cost against
+        # the store's rate limit, in the day's manifest.
+        self.s3_requests = 0
+        self._client.meta.events.register("before-send.s3", self._count_request)
+
+    def _count_request(self, **_: Any) -> None:
+        self.s3_requests += 1
 
     # -- S3 --------------------------------------------------------------------
 
@@ -241,6 +248,7 @@ class Source:
 
     def extract(self, window: TimeWindow) -> SourceResult:
         s = self.settings
+        self.s3_requests = 0
         result = SourceResult(source=SOURCE_NAME)
         objects, others = self.list_objects()
         candidates = objects_for_window(objects, window, dt.timedelta(hours=s.lookback_hours))
@@ -274,6 +282,7 @@ class Source:
                 window.end,
                 s.user_id_label,
             )
+        result.stats["s3_requests"] = self.s3_requests
         return result
 
     def _handle_line(
