@@ -6,11 +6,15 @@ How it reads a window [start, end)
    (the client's service account needs the realm-management roles ``view-events``
    and ``view-users``). The token is renewed shortly before ``expires_in`` runs
    out, and at once if the API answers 401 (expired or revoked mid-extract).
-2. ``GET {url}/admin/realms/{realm}/events?type=LOGIN&dateFrom=&dateTo=&first=&max=``.
+2. The realm's internal id, once: ``GET {url}/admin/realms/{realm}`` (``id``; needs the
+   role ``view-realm``), or the configured ``realm_id``. Records carry it as ``realmId``;
+   another realm's records are left out and counted (``other_realm_records``).
+   ``GET {url}/admin/realms/{realm}/events?type=LOGIN&dateFrom=&dateTo=&first=&max=``.
    ``dateFrom``/``dateTo`` are whole days whose exact meaning depends on the
    Keycloak release and the server's time zone (older releases compare
    ``time <= dateTo 00:00`` in server time). So the query covers the window's
-   days widened by ``date_margin_days`` on both sides, and every record is
+   days widened by ``date_margin_days`` (at least 1: server time zones reach 14 hours
+   off UTC) on both sides, and every record is
    filtered by its epoch-millisecond ``time`` to the exact window.
    Paging: results are newest first; ``first`` is an offset and ``max`` a page
    size. We ask for ``page_size + 1`` records and keep ``page_size``: an extra
