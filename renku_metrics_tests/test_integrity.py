@@ -40,8 +40,7 @@ def _config(tmp_path: Path):
 
 def _extract(storage, deployment, days):
     recent = RecentEventIds(storage, deployment.name)
-    for day in days:
-        extract_day(storage, deployment, day, env={}, now=NOW, recent_ids=recent)
+    return {day: extract_day(storage, deployment, day, env={}, now=NOW, recent_ids=recent) for day in days}
 
 
 def _truncate(storage: LocalStorage, key: str) -> int:
@@ -77,7 +76,8 @@ def test_a_truncated_day_is_named_blocks_no_other_day_and_is_repaired_by_re_extr
 
     # The days around it extract; each notes that it could not check against the damaged day.
     with caplog.at_level(logging.WARNING, logger="renku_metrics.core.extract"):
-        _extract(storage, alpha, DAYS[6:])
+        extracts = _extract(storage, alpha, DAYS[6:])
+    assert list(extracts[dt.date(2025, 1, 8)].dedup_unchecked_days) == ["2025-01-05"]
     lines = [r.getMessage() for r in caplog.records if "damaged stored file" in r.getMessage()]
     assert lines and all("\n" not in line for line in lines)
     assert lines[0].startswith(
@@ -167,3 +167,14 @@ def test_a_crash_while_re_extracting_is_not_taken_for_damage(tmp_path, fixture_s
     assert done.returncode == 0, done.stderr
     assert verify_store(storage, "alpha") == (3, [])
     assert Manifest.read(storage, "alpha", DAYS[1]).pending == {}
+
+
+def test_the_daily_schedule_re_extracts_a_day_whose_manifest_is_damaged(tmp_path, fixture_source):
+    from renku_metrics.defs.raw_events.schedules import days_to_extract
+
+    config = _config(tmp_path)
+    storage = LocalStorage(tmp_path / "store")
+    _extract(storage, config.deployments[0], DAYS[:8])
+    Path(storage.uri(manifest_key("alpha", DAYS[3]))).write_bytes(b"\x00\x00")
+    # Today 2025-01-09: yesterday (01-08), plus the damaged 01-04 of the week before.
+    assert days_to_extract(storage, config.deployments[0], dt.date(2025, 1, 9)) == [DAYS[3], DAYS[7]]

@@ -78,6 +78,8 @@ class DayExtract:
     repeated_from_earlier_days: int = 0
     taken_from_later_days: int = 0  # records of this day that later days held, removed there
     checks: dict[str, int] = field(default_factory=dict)  # rows breaking each blocking check
+    # {neighbouring day: what is wrong with its stored file}: days it could not de-duplicate against.
+    dedup_unchecked_days: dict[str, str] = field(default_factory=dict)
 
     @property
     def complete(self) -> bool:
@@ -464,4 +466,5 @@ def extract_day(
         repeated_from_earlier_days=int(repeated.sum()),
         taken_from_later_days=taken,
         checks=checks,
+        dedup_unchecked_days=manifest.dedup_unchecked_days,
     )
