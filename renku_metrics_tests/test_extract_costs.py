@@ -45,3 +45,12 @@ def test_the_manifest_counts_each_sources_requests_and_time(tmp_path):
     assert served == 6
     assert info["requests"] == 6 and info["stats"]["http_requests"] == 6
     assert 0 < info["seconds"] < 60
+
+    # The cost benchmark reads it back: 6 requests a day; 10 days at 6 requests an hour take 10 h.
+    from renku_metrics_tests.bench_upstream_cost import costs, report
+
+    found = costs(str(storage.root))
+    assert found[("kc", "keycloak")]["requests"] == [6.0]
+    lines = report(found, {"keycloak": 6 / 3600}, days=10)
+    assert lines[2].startswith("| kc | keycloak | 1 | 6.0 | 6 | 6 |")
+    assert lines[3].startswith("kc/keycloak: a 10-day backfill makes about 60 requests: 10.0 h at 0.1 requests/min")
