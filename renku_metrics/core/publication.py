@@ -6,8 +6,10 @@ failed) would leave one table of the new run beside the other of an earlier
 run, computed perhaps with another ``excluded_users`` list: the two would
 disagree on the number of active users while both said ``complete``.
 
-So both tables of a period carry the same ``publication_id``, a fresh token of
-the write that produced them. A reader accepts a period only when both tables
+So both tables of a period carry the same ``publication_id``: a digest of the
+pair's content (both tables, without ``computed_at``). A rerun that computes the
+same numbers writes the same id (reruns stay idempotent); a pair cut by a crash
+holds two different ids unless both tables were unchanged anyway. A reader accepts a period only when both tables
 hold it under the same id; otherwise the period's rows of both tables are
 marked not complete with a note saying so (``mark_unpaired``), so that
 ``complete_only`` leaves them out, and the schedules aggregate the period again
@@ -20,7 +22,7 @@ Plain Python, no Dagster.
 from __future__ import annotations
 
 import datetime as dt
-import uuid
+import hashlib
 
 import pandas as pd
 
@@ -41,12 +43,22 @@ def table_names(period: Period) -> tuple[str, str]:
 def publish_period(
     storage: Storage, period: Period, start: dt.date, active_users: pd.DataFrame, core_actions: pd.DataFrame
 ) -> str:
-    """Write both tables of the period starting ``start`` under one new publication id; return the id."""
-    publication = uuid.uuid4().hex
+    """Write both tables of the period starting ``start`` under one publication id; return the id."""
+    publication = publication_id(active_users, core_actions)
     active_name, core_name = table_names(period)
     storage.write_frame(metrics_key(active_name, start), active_users.assign(**{PUBLICATION_COLUMN: publication}))
     storage.write_frame(metrics_key(core_name, start), core_actions.assign(**{PUBLICATION_COLUMN: publication}))
     return publication
+
+
+def publication_id(active_users: pd.DataFrame, core_actions: pd.DataFrame) -> str:
+    """The digest of a period's pair: the same numbers give the same id, in any process."""
+    digest = hashlib.sha256()
+    for frame in (active_users, core_actions):
+        content = frame.drop(columns=["computed_at", PUBLICATION_COLUMN], errors="ignore")
+        digest.update(",".join(map(str, content.columns)).encode())
+        digest.update(pd.util.hash_pandas_object(content, index=False).to_numpy().tobytes())
+    return digest.hexdigest()[:32]
 
 
 def _ids_by_period(frame: pd.DataFrame) -> dict[str, str | None]:
