@@ -368,3 +368,17 @@ def test_a_full_disk_names_the_path_and_the_space_needed(tmp_path):
     assert "bytes free there" in line and "the previous object is unchanged" in line
     assert target.read_bytes() == b"old"
     assert [p.name for p in target.parent.iterdir()] == ["day.parquet"]  # no partial file left
+
+
+def test_the_dagster_resource_refuses_an_endpoint_with_credentials(monkeypatch):
+    from renku_metrics.defs.resources import MetricsStorageResource
+
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    resource = MetricsStorageResource(root="s3://bucket/prefix", endpoint_url="http://minio:pa55word@minio.local:9000")
+    with pytest.raises(StorageError) as info:
+        resource.get_storage()
+    assert "http://***@minio.local:9000 carries credentials" in str(info.value) and "pa55word" not in str(info.value)
+    # Also when only the environment holds it (boto3 reads AWS_ENDPOINT_URL by itself).
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://minio:pa55word@minio.local:9000")
+    with pytest.raises(StorageError, match=r"AWS_ENDPOINT_URL http://\*\*\*@minio.local:9000 carries credentials"):
+        MetricsStorageResource(root="s3://bucket/prefix").get_storage()

@@ -442,6 +442,11 @@ def open_storage(root: str | None = None, client: Any = None, endpoint_url: str 
             )
         if parsed.query or parsed.fragment or "//" in parsed.path:
             raise StorageError(f"storage root {root!r}: expected s3://bucket/prefix without '?', '#' or '//'")
+        # Whoever made the client (boto3 also reads AWS_ENDPOINT_URL itself): no credentials in the URL.
+        if endpoint_url:
+            endpoint_without_credentials(endpoint_url)
+        if os.environ.get("AWS_ENDPOINT_URL"):
+            endpoint_without_credentials(os.environ["AWS_ENDPOINT_URL"], "AWS_ENDPOINT_URL")
         return S3Storage(parsed.netloc, parsed.path, client or make_s3_client(endpoint_url))
     if _ALMOST_URI.match(root) or _SCHEME_AS_DIRECTORY.match(root):
         raise StorageError(
