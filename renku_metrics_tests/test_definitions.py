@@ -88,12 +88,14 @@ def expected_snapshot(deployments: list[str]) -> dict:
                 "metrics_report_job",
                 "monthly_metrics",
                 "weekly_metrics",
+                "verify_store",
             ]
         ),
         "schedules": {
             **{f"{name}_daily_extract_schedule": "30 1 * * *" for name in deployments},
             "monthly_metrics_schedule": "0 5 1 * *",
             "weekly_metrics_schedule": "0 4 * * 1",  # Mondays
+            "verify_store_schedule": "0 6 * * 0",  # Sundays
         },
         "sensors": ["freshness_checks_sensor", "metrics_report_sensor"],
         "resources": ["metrics_storage"],

@@ -178,3 +178,29 @@ def test_the_daily_schedule_re_extracts_a_day_whose_manifest_is_damaged(tmp_path
     Path(storage.uri(manifest_key("alpha", DAYS[3]))).write_bytes(b"\x00\x00")
     # Today 2025-01-09: yesterday (01-08), plus the damaged 01-04 of the week before.
     assert days_to_extract(storage, config.deployments[0], dt.date(2025, 1, 9)) == [DAYS[3], DAYS[7]]
+
+
+def test_the_scheduled_verify_job_fails_naming_the_damaged_file(tmp_path, fixture_source):
+    from dagster import DagsterEventType
+
+    from renku_metrics.defs.integrity.schedules import verify_store_job
+    from renku_metrics.defs.resources import MetricsStorageResource
+
+    config = _config(tmp_path)
+    storage = LocalStorage(tmp_path / "store")
+    _extract(storage, config.deployments[0], DAYS[:4])
+    resources = {"metrics_storage": MetricsStorageResource(root=storage.root)}
+    every_day = {"ops": {"verify_store_op": {"config": {"days": 0}}}}
+    assert verify_store_job.execute_in_process(resources=resources, run_config=every_day).success
+    key = raw_events_key("alpha", DAYS[2])
+    size = _truncate(storage, key)
+    result = verify_store_job.execute_in_process(resources=resources, run_config=every_day, raise_on_error=False)
+    assert not result.success
+    [failure] = [e for e in result.all_events if e.event_type == DagsterEventType.STEP_FAILURE]
+    description = failure.step_failure_data.user_failure_data.description
+    assert description == (
+        f"1 damaged or missing stored file(s): alpha 2025-01-03 {storage.uri(key)}: {size // 2} bytes, the manifest "
+        f"records {size} repair: python -m renku_metrics extract --deployment alpha --day 2025-01-03"
+    )
+    # The default looks at the last 35 days only: these days of 2025 are not among them.
+    assert verify_store_job.execute_in_process(resources=resources).success

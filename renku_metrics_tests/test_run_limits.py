@@ -34,6 +34,7 @@ def test_every_job_has_its_own_max_runtime_and_run_pod_settings(tmp_path, fixtur
         "weekly_metrics": "7200",
         "monthly_metrics": "7200",
         "metrics_report_job": "1800",
+        "verify_store": "3600",
     }
     assert {name: job.tags.get("dagster/max_runtime") for name, job in jobs.items()} == expected
     for name, job in jobs.items():

@@ -18,6 +18,7 @@ from renku_metrics.defs.aggregates.checks import period_freshness_rules
 from renku_metrics.defs.aggregates.schedules import build_period_job_and_schedule
 from renku_metrics.defs.engagement.assets import build_engagement_assets
 from renku_metrics.defs.freshness import build_freshness_checks, build_freshness_sensor
+from renku_metrics.defs.integrity.schedules import verify_store_job, verify_store_schedule
 from renku_metrics.defs.raw_events.assets import build_raw_events_asset
 from renku_metrics.defs.raw_events.checks import raw_events_freshness_rules
 from renku_metrics.defs.raw_events.schedules import build_daily_extract_schedule
@@ -60,6 +61,9 @@ def build_defs(
             "month", config.earliest_start, [k for a in [*monthly, *engagement["month"]] for k in a.keys]
         ),
     }
+    # The store scan on a schedule (defs/integrity).
+    jobs.append(verify_store_job)
+    schedules.append(verify_store_schedule)
     return Definitions(
         assets=[*raw_assets, *weekly, *monthly, *engagement["week"], *engagement["month"], report],
         asset_checks=[build_freshness_checks(freshness)],

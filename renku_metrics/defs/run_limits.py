@@ -36,6 +36,7 @@ JOB_MAX_RUNTIME = {
     "daily_extract": dt.timedelta(hours=12),
     "period_metrics": dt.timedelta(hours=2),
     "metrics_report": dt.timedelta(minutes=30),
+    "verify_store": dt.timedelta(hours=1),
 }
 # Runs that a schedule or sensor requests: one day or one period.
 SCHEDULED_MAX_RUNTIME = dt.timedelta(hours=1)
