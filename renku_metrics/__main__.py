@@ -39,6 +39,9 @@ def _extract(args: argparse.Namespace) -> int:
 
     storage = open_storage(args.storage)
     config = load_config(args.deployments)
+    if args.deployment not in config.names:
+        known = ", ".join(config.names) or "none"
+        raise ValueError(f"{config.path}: no deployment {args.deployment!r} (deployments: {known})")
     deployment = config.deployment(args.deployment)
     storage.check()
     result = extract_day(storage, deployment, args.day)

@@ -125,9 +125,29 @@ def test_a_damaged_manifest_is_named_and_verify_reports_missing_files(tmp_path, 
         ("2025-01-02", "not readable JSON"),
         ("2025-01-03", "missing"),
     ]
-    # Extraction next to them goes on, and re-extracting both repairs the store.
-    _extract(storage, config.deployments[0], [DAYS[4], DAYS[1], DAYS[2]])
+    # Extraction next to them goes on, and re-extracting both repairs the store (the second
+    # through the command that verify prints).
+    _extract(storage, config.deployments[0], [DAYS[4], DAYS[1]])
+    repair = ["extract", "--deployment", "alpha", "--day", "2025-01-03", "--storage", storage.root]
+    assert cli([*repair, "--deployments", str(tmp_path / "deployments.yaml")]) == 0
+    # 6 logins and its own commit (the first repeat, of day 1's commit, lands on day 4).
+    assert "extract: alpha 2025-01-03: 7 events stored at" in capsys.readouterr().out
     assert verify_store(storage, "alpha") == (5, [])
+    assert (
+        cli(
+            [
+                "extract",
+                "--deployment",
+                "nope",
+                "--day",
+                "2025-01-03",
+                "--deployments",
+                str(tmp_path / "deployments.yaml"),
+            ]
+        )
+        == 2
+    )
+    assert "no deployment 'nope' (deployments: alpha)" in capsys.readouterr().err
 
 
 _REEXTRACT_SCRIPT = """

@@ -451,7 +451,7 @@ def open_storage(root: str | None = None, client: Any = None, endpoint_url: str 
     if _ALMOST_URI.match(root) or _SCHEME_AS_DIRECTORY.match(root):
         raise StorageError(
             f"storage root {root!r}: looks like a URI but is not one (expected s3://bucket/prefix; "
-            f"a local directory of that name: ./{root.rstrip('/')})"
+            f"a local directory of that name: ./{re.sub('/+', '/', root).rstrip('/')})"
         )
     if _SCHEME.match(root):
         raise StorageError(
