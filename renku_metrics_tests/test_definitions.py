@@ -112,6 +112,7 @@ def expected_snapshot(deployments: list[str], grouped: list[str] = ()) -> dict:
                 "weekly_metrics",
                 "weekly_digest_job",
                 "releases_daily",
+                "verify_store",
             ]
         ),
         "schedules": {
@@ -120,6 +121,7 @@ def expected_snapshot(deployments: list[str], grouped: list[str] = ()) -> dict:
             "weekly_metrics_schedule": "0 4 * * 1",  # Mondays
             "weekly_digest_schedule": "30 6-23 * * 1",  # Mondays, hourly from 06:30
             "releases_daily_schedule": "0 6 * * *",
+            "verify_store_schedule": "0 6 * * 0",  # Sundays
         },
         "sensors": ["freshness_checks_sensor", "metrics_report_sensor", "target_status_sensor"],
         "resources": ["metrics_storage"],

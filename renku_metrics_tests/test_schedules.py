@@ -10,7 +10,6 @@ import pytest
 from dagster import DagsterRun, DagsterRunStatus, build_schedule_context
 from dagster._core.remote_origin import RegisteredCodeLocationOrigin, RemoteJobOrigin, RemoteRepositoryOrigin
 
-from renku_metrics.core.layout import metrics_key
 from renku_metrics.core.storage import open_storage
 from renku_metrics.defs.aggregates.schedules import RECHECK_PERIODS, periods_to_aggregate
 from renku_metrics.defs.build import build_defs
@@ -86,9 +85,11 @@ def test_reextract_lookback_edges(tmp_path, fixture_source):
 
 
 def _store_denominator(storage, period: str, start: dt.date, complete: bool) -> None:
-    table = f"active_users_{'weekly' if period == 'week' else 'monthly'}"
+    """Both tables of the period, published as one pair (core.publication), complete or not."""
+    from renku_metrics.core.publication import publish_period
+
     frame = pd.DataFrame({"period_start": [start], "deployment": ["all"], "active_users": [1], "complete": [complete]})
-    storage.write_frame(metrics_key(table, start), frame)
+    publish_period(storage, period, start, frame, frame.assign(metric="commit"))
 
 
 def test_rerun_windows_edges(tmp_path, fixture_source):

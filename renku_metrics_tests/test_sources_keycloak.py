@@ -202,7 +202,8 @@ def test_token_renewed_before_expires_in_runs_out(keycloak):
 
     assert len(result.events) == 12
     assert keycloak.unauthorized_responses == 0  # renewed in time, never refused
-    assert keycloak.tokens_issued == len(event_requests(keycloak)) == 4  # a fresh token for each page
+    # A fresh token for each request: the realm's id lookup, then 4 pages.
+    assert keycloak.tokens_issued == len(event_requests(keycloak)) + 1 == 5
 
 
 def test_wrong_client_secret_fails_without_leaking_it(keycloak, caplog):
@@ -245,7 +246,7 @@ def test_5xx_bursts_and_rate_limit_are_survived(keycloak):
 
 
 def test_missing_view_events_role_is_reported(keycloak):
-    keycloak.roles = ("view-users",)
+    keycloak.roles = ("view-users", "view-realm")
     with pytest.raises(SourceError, match=r"events failed: HTTP 403.*permission"):
         make_source(keycloak).extract(WINDOW)
 
@@ -341,3 +342,57 @@ def test_malformed_records_are_rejected_without_personal_data(keycloak):
         assert personal not in dumped
     no_time = next(r for r in result.rejected if r.reason.startswith("missing or"))
     assert no_time.record["user_key"] == md5("u-no-time")
+
+
+# -- realm and time zone -------------------------------------------------------------
+
+
+def test_records_of_another_realm_are_left_out_and_counted(keycloak):
+    keycloak.add_login(START - dt.timedelta(hours=2), "u-before")  # proves retention
+    keycloak.add_login(START + dt.timedelta(hours=1), "u1")
+    keycloak.add_login(START + dt.timedelta(hours=2), "u2")
+    for hour in (3, 4, 5):
+        keycloak.add_login(START + dt.timedelta(hours=hour), f"stranger{hour}", realm_id="0c7e-other-realm")
+    result = make_source(keycloak).extract(WINDOW)
+    assert sorted(e["user_id"] for e in result.events) == sorted([md5("u1"), md5("u2")])
+    assert result.stats["other_realm_records"] == 3 and result.stats["logins"] == 2
+    assert result.complete
+    # The realm's id was read once, from the realm itself (not its name).
+    assert len(keycloak.requests_to("/admin/realms/Renku")) - len(event_requests(keycloak)) == 1
+
+
+def test_a_configured_realm_id_needs_no_lookup_and_a_missing_view_realm_is_named(keycloak):
+    keycloak.add_login(START + dt.timedelta(hours=1), "u1", realm_id="renku-internal-id")
+    keycloak.add_login(START - dt.timedelta(hours=1), "u0", realm_id="renku-internal-id")
+    keycloak.roles = ("view-events", "view-users")  # no view-realm: the realm answers its name only
+    with pytest.raises(SourceError, match=r"GET /admin/realms/Renku failed: .*no id .*view-realm.*realm_id"):
+        make_source(keycloak).extract(WINDOW)
+    result = make_source(keycloak, realm_id="renku-internal-id").extract(WINDOW)
+    assert [e["user_id"] for e in result.events] == [md5("u1")] and result.stats["other_realm_records"] == 0
+
+
+def test_a_date_margin_that_cannot_cover_a_servers_time_zone_is_refused():
+    with pytest.raises(ConfigError, match=r"x.date_margin_days: must be between 1 and 7, got 0 .*14 hours"):
+        Settings(
+            url="https://kc.example.org", realm="Renku", client_id="c", client_secret_env="S", date_margin_days=0
+        ).validate("x")
+    from renku_metrics.core.sources.gitlab import Settings as GitLabSettings
+
+    with pytest.raises(ConfigError, match=r"y.date_margin_days: must be between 1 and 7, got 0 .*14 hours"):
+        GitLabSettings(url="https://gitlab.example.org", token_env="T", date_margin_days=0).validate("y")
+
+
+@pytest.mark.parametrize("offset_hours", [13.5, -12])
+def test_the_default_margin_reads_every_login_of_a_server_far_off_utc(offset_hours):
+    """dateFrom/dateTo are the server's local days: the default margin (1) still covers the UTC day."""
+    server = KeycloakSimulator(
+        now=lambda: START + dt.timedelta(days=1, hours=2), utc_offset_minutes=int(offset_hours * 60)
+    )
+    with server:
+        server.add_login(START - dt.timedelta(hours=3), "u-before")
+        hours = (0.5, 4, 9, 13, 18, 23.5)
+        for n, hour in enumerate(hours):
+            server.add_login(START + dt.timedelta(hours=hour), f"u{n}")
+        result = make_source(server).extract(WINDOW)
+    assert sorted(e["user_id"] for e in result.events) == sorted(md5(f"u{n}") for n in range(len(hours)))
+    assert result.complete

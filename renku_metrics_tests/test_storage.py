@@ -305,3 +305,80 @@ def test_killing_the_demo_parent_ends_the_demo_run(tmp_path):
         time.sleep(0.1)
     assert _ended(child), "the demo run kept running after its parent was killed"
     assert "Data under" not in output.read_text()  # it stopped mid-run, not at the end
+
+
+# -- almost-S3 roots and endpoints carrying credentials ------------------------------------------
+
+
+@pytest.mark.parametrize("root", ["s3//bucket/prefix", "S3//bucket", "https//host/x", "s3/bucket/prefix", "gs/b/x"])
+def test_an_almost_s3_root_is_refused_before_anything_is_written(root, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(StorageError, match=re.escape("looks like a URI but is not one (expected s3://bucket/prefix")):
+        open_storage(root)
+    assert list(tmp_path.iterdir()) == []  # nothing under the working directory
+    # Spelled as a local path it is one.
+    assert open_storage("./" + root).root == str(tmp_path / root.replace("//", "/"))
+
+
+@pytest.mark.parametrize("variable", [False, True])
+def test_an_endpoint_url_with_credentials_is_refused_without_showing_them(variable, monkeypatch):
+    url = "https://AKIAEXAMPLE:s3cr3t-p4ss@s3.example.org:9000"
+    if variable:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", url)
+    with pytest.raises(StorageError) as info:
+        open_storage("s3://bucket/prefix", endpoint_url=None if variable else url)
+    message = str(info.value)
+    assert "carries credentials (user:password@)" in message and "https://***@s3.example.org:9000" in message
+    assert "s3cr3t" not in message and "AKIAEXAMPLE" not in message
+
+
+def test_an_amalthea_endpoint_url_with_credentials_is_a_config_error():
+    from renku_metrics.core.errors import ConfigError
+    from renku_metrics.core.sources.amalthea import Settings
+
+    settings = Settings(bucket="audit", endpoint_url="http://user:pw@minio.local:9000")
+    with pytest.raises(ConfigError, match=r"x.endpoint_url: carries credentials \(http://\*\*\*@minio.local:9000\)"):
+        settings.validate("x")
+
+
+def test_a_full_disk_names_the_path_and_the_space_needed(tmp_path):
+    """The kernel refuses the write (here: the process's file-size limit, EFBIG, as ENOSPC would)."""
+    script = textwrap.dedent(
+        f"""
+        import resource, signal
+        from renku_metrics.core.storage import LocalStorage, StorageError
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # the write fails with EFBIG instead of a signal
+        storage = LocalStorage({str(tmp_path / "root")!r})
+        storage.write_bytes("raw/day.parquet", b"old")
+        resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
+        try:
+            storage.write_bytes("raw/day.parquet", b"x" * 100_000)
+        except StorageError as exc:
+            print(exc)
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    line = done.stdout.strip()
+    assert "\n" not in line
+    target = tmp_path / "root" / "raw" / "day.parquet"
+    assert line.startswith(
+        f"storage root {tmp_path / 'root'}: cannot write {target}: File too large (100000 bytes needed, "
+    )
+    assert "bytes free there" in line and "the previous object is unchanged" in line
+    assert target.read_bytes() == b"old"
+    assert [p.name for p in target.parent.iterdir()] == ["day.parquet"]  # no partial file left
+
+
+def test_the_dagster_resource_refuses_an_endpoint_with_credentials(monkeypatch):
+    from renku_metrics.defs.resources import MetricsStorageResource
+
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    resource = MetricsStorageResource(root="s3://bucket/prefix", endpoint_url="http://minio:pa55word@minio.local:9000")
+    with pytest.raises(StorageError) as info:
+        resource.get_storage()
+    assert "http://***@minio.local:9000 carries credentials" in str(info.value) and "pa55word" not in str(info.value)
+    # Also when only the environment holds it (boto3 reads AWS_ENDPOINT_URL by itself).
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://minio:pa55word@minio.local:9000")
+    with pytest.raises(StorageError, match=r"AWS_ENDPOINT_URL http://\*\*\*@minio.local:9000 carries credentials"):
+        MetricsStorageResource(root="s3://bucket/prefix").get_storage()

@@ -45,6 +45,7 @@ from renku_metrics.core.catalog import Catalog
 from renku_metrics.core.config import Deployment
 from renku_metrics.core.coverage import DeploymentCoverage, coverage_for, coverage_from_days, day_status
 from renku_metrics.core.events import ACTIONS, ALL_DEPLOYMENTS, ROLLUP_USER_SQL
+from renku_metrics.core.integrity import DamagedFileError, damaged_local_files
 from renku_metrics.core.layout import day_of_key, is_manifest_key, raw_events_key, raw_events_prefix
 from renku_metrics.core.manifest import Manifest
 from renku_metrics.core.periods import Period, days_between, period_bounds
@@ -201,22 +202,32 @@ def aggregate_periods(
             keys = sorted({k for s in chunk for c in coverage[s].values() for k in c.event_keys})
             with storage.local_paths(keys) as paths:
                 con.execute("DROP TABLE IF EXISTS reduced")
-                if paths:
-                    con.read_parquet(paths).create_view("events", replace=True)
-                else:
+                try:
+                    if paths:
+                        con.read_parquet(paths).create_view("events", replace=True)
+                    else:
+                        con.execute(
+                            "CREATE OR REPLACE VIEW events AS SELECT CAST(NULL AS VARCHAR) AS deployment, "
+                            "CAST(NULL AS VARCHAR) AS user_id, CAST(NULL AS VARCHAR) AS action, "
+                            "CAST(NULL AS TIMESTAMPTZ) AS occurred_at WHERE false"
+                        )
                     con.execute(
-                        "CREATE OR REPLACE VIEW events AS SELECT CAST(NULL AS VARCHAR) AS deployment, "
-                        "CAST(NULL AS VARCHAR) AS user_id, CAST(NULL AS VARCHAR) AS action, "
-                        "CAST(NULL AS TIMESTAMPTZ) AS occurred_at WHERE false"
+                        _REDUCE_SQL.replace("{action_bit}", action_bit).replace("{user_week}", user_week),
+                        {
+                            "unit": period,
+                            "lo": dt.datetime.combine(chunk[0], dt.time(), dt.timezone.utc),
+                            "hi": dt.datetime.combine(max(bounds[s][1] for s in chunk), dt.time(), dt.timezone.utc),
+                        },
                     )
-                con.execute(
-                    _REDUCE_SQL.replace("{action_bit}", action_bit).replace("{user_week}", user_week),
-                    {
-                        "unit": period,
-                        "lo": dt.datetime.combine(chunk[0], dt.time(), dt.timezone.utc),
-                        "hi": dt.datetime.combine(max(bounds[s][1] for s in chunk), dt.time(), dt.timezone.utc),
-                    },
-                )
+                except duckdb.Error:
+                    # Name the damaged file(s) (deployment, day, URI, what is wrong) in one line.
+                    damaged = damaged_local_files(storage, keys, paths)
+                    if damaged:
+                        more = f" (and {len(damaged) - 1} more damaged file(s))" if len(damaged) > 1 else ""
+                        raise DamagedFileError(
+                            damaged[0].deployment, damaged[0].day, damaged[0].uri, damaged[0].problem + more
+                        ) from None
+                    raise
             con.register("targets", pd.DataFrame({"period_start": chunk}))
             counts += con.execute(
                 _COUNT_SQL.replace("{metric_counts}", metric_counts), {"all_name": ALL_DEPLOYMENTS}

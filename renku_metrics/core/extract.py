@@ -20,7 +20,9 @@ from __future__ import annotations
 import datetime as dt
 import io
 import json
+import logging
 import os
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -43,6 +45,7 @@ from renku_metrics.core.events import (
     to_arrow,
     validate_events,
 )
+from renku_metrics.core.integrity import DamagedFileError, file_record, parquet_bytes, read_checked
 from renku_metrics.core.layout import (
     day_of_key,
     is_events_key,
@@ -56,6 +59,8 @@ from renku_metrics.core.raw_checks import table_violations
 from renku_metrics.core.sources import source_module
 from renku_metrics.core.sources.base import SourceError
 from renku_metrics.core.storage import Storage
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -73,6 +78,8 @@ class DayExtract:
     repeated_from_earlier_days: int = 0
     taken_from_later_days: int = 0  # records of this day that later days held, removed there
     checks: dict[str, int] = field(default_factory=dict)  # rows breaking each blocking check
+    # {neighbouring day: what is wrong with its stored file}: days it could not de-duplicate against.
+    dedup_unchecked_days: dict[str, str] = field(default_factory=dict)
 
     @property
     def complete(self) -> bool:
@@ -116,6 +123,9 @@ class RecentEventIds:
         self.lookback_days = lookback_days
         self._by_day: dict[dt.date, pa.Array] = {}
         self._months: dict[str, set[dt.date]] = {}  # "YYYY-MM-": its days that have an events object
+        # Stored days whose events file is damaged: {day: the one-line error}. Their ids are taken
+        # as none; re-extracting such a day repairs it and de-duplicates it against its neighbours.
+        self.unreadable: dict[dt.date, DamagedFileError] = {}
 
     def _month(self, day: dt.date) -> set[dt.date]:
         """The stored days of ``day``'s calendar month (one listing of that month, then kept up to date)."""
@@ -133,8 +143,15 @@ class RecentEventIds:
             ids = _id_array(())
             if self._is_stored(day):
                 key = raw_events_key(self.deployment, day)
-                table = pq.read_table(io.BytesIO(self.storage.read_bytes(key)), columns=["event_id"])
-                ids = _id_array(table.column("event_id"))
+                try:
+                    manifest = Manifest.read(self.storage, self.deployment, day)
+                    data = read_checked(self.storage, self.deployment, key, manifest.accepts(key) if manifest else [])
+                except DamagedFileError as exc:
+                    log.warning("%s", exc)
+                    self.unreadable[day] = exc
+                else:
+                    table = pq.read_table(io.BytesIO(data), columns=["event_id"])
+                    ids = _id_array(table.column("event_id"))
             self._by_day[day] = ids
         return self._by_day[day]
 
@@ -179,7 +196,17 @@ class RecentEventIds:
         held = self._holding([d for d in later if self._is_stored(d)], _id_array(ids))
         return {d: set(common.to_pylist()) for d, common in held.items()}
 
+    def unchecked_around(self, day: dt.date) -> dict[str, str]:
+        """{day: what is wrong} of the damaged days within ``lookback_days`` of ``day``."""
+        reach = dt.timedelta(days=self.lookback_days)
+        return {
+            d.isoformat(): exc.problem
+            for d, exc in sorted(self.unreadable.items())
+            if d != day and day - reach <= d <= day + reach
+        }
+
     def add(self, day: dt.date, ids: Iterable[str] | pa.Array | pa.ChunkedArray, published: bool = True) -> None:
+        self.unreadable.pop(day, None)
         self._by_day[day] = _id_array(ids)
         if published:
             self._month(day).add(day)
@@ -207,16 +234,22 @@ def _give_up_to_earlier_day(storage: Storage, deployment: str, later: dt.date, i
     leaves correct events and stale counts, which the next extract of either day rewrites.
     """
     key = raw_events_key(deployment, later)
-    stored = storage.read_parquet(key).to_pandas()
+    try:
+        manifest = Manifest.read(storage, deployment, later)
+        data = read_checked(storage, deployment, key, manifest.accepts(key) if manifest else [])
+    except DamagedFileError as exc:  # nothing to take from a file that cannot be read
+        log.warning("%s", exc)
+        return 0
+    stored = pq.read_table(io.BytesIO(data)).to_pandas()
     keep = ~stored["event_id"].isin(ids)
     removed = int((~keep).sum())
     if not removed:
         return 0
     kept = stored[keep].reset_index(drop=True)
     kept["occurred_at"] = kept["occurred_at"].astype("datetime64[us, UTC]")
-    storage.write_parquet(key, to_arrow(kept))
-    manifest = Manifest.read(storage, deployment, later)
+    _replace_files(storage, manifest, {key: parquet_bytes(to_arrow(kept))})
     if manifest is not None:
+        manifest.pending = {}
         manifest.row_count = int(len(kept))
         manifest.users = int(kept["user_id"].nunique()) if len(kept) else 0
         counts = kept["action"].value_counts()
@@ -224,6 +257,31 @@ def _give_up_to_earlier_day(storage: Storage, deployment: str, later: dt.date, i
         manifest.repeated_from_earlier_days += removed
         manifest.write(storage)
     return removed
+
+
+def _replace_files(storage: Storage, manifest: Manifest | None, files: dict[str, bytes]) -> dict[str, dict]:
+    """Write ``files`` ({key: bytes}); return their size-and-checksum records.
+
+    When the day already has a manifest, it first names the coming files as pending, so that a
+    crash after a file and before the final manifest leaves a file its manifest still accepts.
+    """
+    records = {key: file_record(data) for key, data in files.items()}
+    if manifest is not None and files:
+        manifest.pending = records
+        manifest.write(storage)
+        manifest.files.update(records)
+    for key, data in files.items():
+        storage.write_bytes(key, data)
+    return records
+
+
+# The stats key in which each kind of source counts the requests it made to its upstream.
+REQUEST_STATS = ("http_requests", "s3_requests", "sql_queries")
+
+
+def upstream_requests(stats: Mapping[str, Any]) -> int:
+    """Requests a source made to its upstream for one window (HTTP requests, S3 requests, SQL queries)."""
+    return int(sum(stats.get(key, 0) for key in REQUEST_STATS))
 
 
 def build_sources(deployment: Deployment, env: Mapping[str, str]) -> dict[str, Any]:
@@ -240,12 +298,23 @@ def build_sources(deployment: Deployment, env: Mapping[str, str]) -> dict[str, A
 
 
 def _previous_day(storage: Storage, deployment: str, day: dt.date) -> tuple[pd.DataFrame, Manifest] | None:
-    """The day's stored events and manifest, if it was extracted before."""
-    manifest = Manifest.read(storage, deployment, day)
+    """The day's stored events and manifest, if it was extracted before. A damaged manifest or
+    events file is logged (one line naming it) and taken as absent: this extract replaces it."""
+    try:
+        manifest = Manifest.read(storage, deployment, day)
+    except DamagedFileError as exc:
+        log.warning("%s; extracting the day again replaces it", exc)
+        return None
     if manifest is None:
         return None
     ekey = raw_events_key(deployment, day)
-    events = storage.read_parquet(ekey).to_pandas() if storage.exists(ekey) else events_frame([])
+    events = events_frame([])
+    if storage.exists(ekey):
+        try:
+            events = pq.read_table(io.BytesIO(read_checked(storage, deployment, ekey, manifest.accepts(ekey))))
+            events = events.to_pandas()
+        except DamagedFileError as exc:
+            log.warning("%s; extracting the day again replaces it", exc)
     return events, manifest
 
 
@@ -294,6 +363,7 @@ def extract_day(
     frames, rejected, sources = [], [], {}
     previous = _previous_day(storage, deployment.name, day)
     for source_type, source in built.items():
+        started = time.perf_counter()
         try:
             result = source.extract(window)
         except SourceError as exc:
@@ -309,6 +379,9 @@ def extract_day(
             "events": int(len(frame)),
             "rejected": len(result.rejected),
             "stats": dict(result.stats),
+            # The cost against the upstream: requests made (retries included) and time taken.
+            "requests": upstream_requests(result.stats),
+            "seconds": round(time.perf_counter() - started, 3),
         }
         if not result.complete and previous is not None:
             frame, info = _keep_previous(frame, info, previous, source_type)
@@ -337,16 +410,15 @@ def extract_day(
     # the days it names instead of listing every stored day (renku_metrics.core.activity).
     touched = [day, *later_days]
     record_raw_change(storage, deployment.name, touched)
-    if withheld:
-        storage.write_parquet(wkey, to_arrow(valid.map(redact_personal)))
-        storage.delete(ekey)
-    else:
-        storage.write_parquet(ekey, table)
-        storage.delete(wkey)
     rkey = rejected_key(deployment.name, day)
+    new_files = (
+        {wkey: parquet_bytes(to_arrow(valid.map(redact_personal)))} if withheld else {ekey: parquet_bytes(table)}
+    )
     if rejected:
-        storage.write_bytes(rkey, ("\n".join(_rejected_line(r) for r in rejected) + "\n").encode())
-    else:
+        new_files[rkey] = ("\n".join(_rejected_line(r) for r in rejected) + "\n").encode()
+    records = _replace_files(storage, previous[1] if previous is not None else None, new_files)
+    storage.delete(ekey if withheld else wkey)
+    if not rejected:
         storage.delete(rkey)  # a rerun that rejects nothing must not leave old rejects behind
     by_action = {a: int(n) for a, n in valid["action"].value_counts().items()} if len(valid) else {}
     by_action = {a: by_action.get(a, 0) for a in ACTIONS}
@@ -369,6 +441,8 @@ def extract_day(
         by_action=by_action,
         sources=sources,
         checks=checks,
+        files=records,
+        dedup_unchecked_days=recent_ids.unchecked_around(day),
     )
     manifest.write(storage)
     recent_ids.add(day, kept_ids, published=not withheld)
@@ -392,4 +466,5 @@ def extract_day(
         repeated_from_earlier_days=int(repeated.sum()),
         taken_from_later_days=taken,
         checks=checks,
+        dedup_unchecked_days=manifest.dedup_unchecked_days,
     )

@@ -11,7 +11,8 @@ import datetime as dt
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from renku_metrics.core.layout import manifest_key
+from renku_metrics.core.integrity import DamagedFileError, deployment_of_key, read_manifest_json
+from renku_metrics.core.layout import day_of_key, manifest_key
 from renku_metrics.core.storage import Storage
 
 # One source's entry in ``sources``: complete, coverage_note, events, rejected,
@@ -32,6 +33,13 @@ class Manifest:
     sources: dict[str, SourceInfo] = field(default_factory=dict)
     # Rows breaking each blocking raw-event check; any violation withholds the day.
     checks: dict[str, int] = field(default_factory=dict)
+    # {storage key: {"size", "sha256"}} of every file the day stored (core.integrity), and the
+    # files about to replace them while a rewrite is under way (a crash then is not damage).
+    files: dict[str, dict[str, Any]] = field(default_factory=dict)
+    pending: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # {neighbouring day: what is wrong with its stored file} for days whose event ids could not
+    # be read to de-duplicate against (re-extracting the damaged day settles them).
+    dedup_unchecked_days: dict[str, str] = field(default_factory=dict)
 
     @property
     def day(self) -> dt.date:
@@ -65,6 +73,10 @@ class Manifest:
             if not info.get("complete", True)
         ]
 
+    def accepts(self, key: str) -> list[dict[str, Any]]:
+        """The size-and-checksum records the file at ``key`` may match (none: not recorded)."""
+        return [r for r in (self.files.get(key), self.pending.get(key)) if r]
+
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
@@ -81,6 +93,9 @@ class Manifest:
             by_action=dict(raw.get("by_action", {})),
             sources=dict(raw.get("sources", {})),
             checks={k: int(v) for k, v in (raw.get("checks") or {}).items()},
+            files=dict(raw.get("files") or {}),
+            pending=dict(raw.get("pending") or {}),
+            dedup_unchecked_days=dict(raw.get("dedup_unchecked_days") or {}),
         )
 
     def write(self, storage: Storage) -> None:
@@ -92,8 +107,18 @@ class Manifest:
         key = manifest_key(deployment, day)
         if not storage.exists(key):
             return None
-        return cls.from_json(storage.read_json(key))
+        return cls.read_key(storage, key)
 
     @classmethod
     def read_key(cls, storage: Storage, key: str) -> Manifest:
-        return cls.from_json(storage.read_json(key))
+        """The manifest at ``key``; a DamagedFileError (one line naming it) if it cannot be read."""
+        raw = read_manifest_json(storage, deployment_of_key(key), key)
+        try:
+            return cls.from_json(raw)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise DamagedFileError(
+                deployment_of_key(key),
+                day_of_key(key),
+                storage.uri(key),
+                f"not a manifest ({type(exc).__name__}: {exc})",
+            ) from None

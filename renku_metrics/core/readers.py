@@ -20,6 +20,7 @@ import pandas as pd
 
 from renku_metrics.core.layout import day_of_key, is_events_key, metrics_prefix, raw_events_prefix
 from renku_metrics.core.periods import PERIOD_SUFFIX
+from renku_metrics.core.publication import PAIR, mark_unpaired
 from renku_metrics.core.storage import Storage, open_storage
 
 
@@ -42,9 +43,15 @@ def _read_parquet_tree(store: Storage, prefix: str) -> pd.DataFrame:
 def _table(name: str, period: str, storage: Any, complete_only: bool, sort: list[str]) -> pd.DataFrame:
     if period not in PERIOD_SUFFIX:
         raise ValueError(f"period must be 'week' or 'month', got {period!r}")
-    frame = _read_parquet_tree(_storage(storage), metrics_prefix(f"{name}_{PERIOD_SUFFIX[period]}"))
+    store = _storage(storage)
+    frame = _read_parquet_tree(store, metrics_prefix(f"{name}_{PERIOD_SUFFIX[period]}"))
     if frame.empty:
         return frame
+    if name in PAIR:
+        # The two tables of a period count only as a pair written together (core.publication).
+        other = PAIR[1 - PAIR.index(name)]
+        other_frame = _read_parquet_tree(store, metrics_prefix(f"{other}_{PERIOD_SUFFIX[period]}"))
+        frame = mark_unpaired(frame, other_frame, f"{name}_{PERIOD_SUFFIX[period]}", f"{other}_{PERIOD_SUFFIX[period]}")
     if complete_only:
         frame = frame[frame["complete"]]
     for col in ("period_start", "period_end"):

@@ -28,8 +28,8 @@ import time
 from renku_metrics.core.aggregate import aggregate_periods
 from renku_metrics.core.catalog import Catalog, load_catalog
 from renku_metrics.core.config import MetricsConfig, load_config
-from renku_metrics.core.layout import metrics_key
-from renku_metrics.core.periods import PERIOD_SUFFIX, PERIODS, Period, period_start_of, period_starts_between
+from renku_metrics.core.periods import PERIODS, Period, period_start_of, period_starts_between
+from renku_metrics.core.publication import publish_period
 from renku_metrics.core.storage import Storage, open_storage
 
 
@@ -60,11 +60,9 @@ def recompute(
         memory_limit=memory_limit,
         temp_directory=temp_directory,
     )
-    suffix = PERIOD_SUFFIX[period]
     for start, result in results.items():
-        # The denominator first, as the assets do: core_actions' active_users equal it.
-        storage.write_frame(metrics_key(f"active_users_{suffix}", start), result.active_users)
-        storage.write_frame(metrics_key(f"core_actions_{suffix}", start), result.core_actions)
+        # Both tables as one pair, as the assets publish them (core.publication).
+        publish_period(storage, period, start, result.active_users, result.core_actions)
     return starts
 
 

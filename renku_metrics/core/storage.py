@@ -17,6 +17,7 @@ and, after a crash, by the next process that opens S3 storage. No Dagster in her
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
 import json
 import os
@@ -27,7 +28,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlparse
+from urllib.parse import urlparse, urlsplit
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -39,6 +40,10 @@ STORAGE_ENV = "RENKU_METRICS_STORAGE"
 DEFAULT_ROOT = "./data"
 # Something that starts like a URL ("s3:/x", "gs://x", "file:x"): never a local directory here.
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")
+# A scheme missing its colon ("s3//bucket/x", "https//host"), or a well-known scheme's name as the
+# first directory ("s3/bucket/x"): almost a URI, never silently a directory under the working directory.
+_ALMOST_URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*//")
+_SCHEME_AS_DIRECTORY = re.compile(r"^(s3|s3a|s3n|gs|gcs|az|abfss?|wasbs?|hdfs|https?|file|ftp|sftp)/", re.IGNORECASE)
 # S3 bucket naming rules (lower case letters, digits, dots and hyphens; 3 to 63 characters).
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 # Where S3 objects are copied for DuckDB: one subdirectory per process, "<pid>-<random>".
@@ -113,6 +118,18 @@ class Storage(ABC):
         return json.loads(self.read_bytes(key))
 
 
+# A write that failed for lack of space: disk full, quota exceeded, or over the process's file-size limit.
+_NO_SPACE = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+
+
+def _free_bytes(directory: Path) -> int | str:
+    try:
+        st = os.statvfs(directory)
+    except OSError:
+        return "unknown"
+    return st.f_bavail * st.f_frsize
+
+
 def _sweep_stale_parts(directory: Path) -> None:
     """Remove ``.tmp-<pid>-*.part`` files that a killed process left behind (its pid no longer runs)."""
     with contextlib.suppress(FileNotFoundError):
@@ -161,9 +178,15 @@ class LocalStorage(Storage):
                 handle.flush()
                 os.fsync(handle.fileno())
             os.replace(tmp, target)
-        except BaseException:
+        except BaseException as exc:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
+            if isinstance(exc, OSError) and exc.errno in _NO_SPACE:
+                raise StorageError(
+                    f"storage root {self.root}: cannot write {target}: {exc.strerror} ({len(data)} bytes needed, "
+                    f"{_free_bytes(target.parent)} bytes free there): free space or move the storage root; "
+                    "the previous object is unchanged"
+                ) from None
             raise
 
     def read_bytes(self, key: str) -> bytes:
@@ -377,13 +400,28 @@ def sweep_stale_temp(parent: str) -> list[str]:
     return removed
 
 
+def endpoint_without_credentials(url: str, where: str = "S3 endpoint URL") -> str:
+    """``url``, refused (StorageError) when it carries ``user:password@``: such a URL ends up in logs
+    and messages. Credentials come from the environment (AWS_ACCESS_KEY_ID...) only."""
+    parts = urlsplit(url)
+    if parts.username is not None or parts.password is not None or "@" in parts.netloc:
+        shown = f"{parts.scheme}://***@{parts.netloc.rsplit('@', 1)[-1]}"
+        raise StorageError(
+            f"{where} {shown} carries credentials (user:password@): give them through AWS_ACCESS_KEY_ID and "
+            "AWS_SECRET_ACCESS_KEY (or a profile or role), never in the URL"
+        )
+    return url
+
+
 def make_s3_client(endpoint_url: str | None = None, region_name: str | None = None) -> Any:
-    """A boto3 S3 client; credentials from the standard AWS variables and files."""
+    """A boto3 S3 client; credentials from the standard AWS variables and files (never from the URL)."""
     import boto3
 
-    return boto3.session.Session().client(
-        "s3", endpoint_url=endpoint_url or os.environ.get("AWS_ENDPOINT_URL") or None, region_name=region_name
-    )
+    if endpoint_url:
+        endpoint_without_credentials(endpoint_url)
+    elif os.environ.get("AWS_ENDPOINT_URL"):
+        endpoint_url = endpoint_without_credentials(os.environ["AWS_ENDPOINT_URL"], "AWS_ENDPOINT_URL")
+    return boto3.session.Session().client("s3", endpoint_url=endpoint_url or None, region_name=region_name)
 
 
 def open_storage(root: str | None = None, client: Any = None, endpoint_url: str | None = None) -> Storage:
@@ -404,7 +442,17 @@ def open_storage(root: str | None = None, client: Any = None, endpoint_url: str 
             )
         if parsed.query or parsed.fragment or "//" in parsed.path:
             raise StorageError(f"storage root {root!r}: expected s3://bucket/prefix without '?', '#' or '//'")
+        # Whoever made the client (boto3 also reads AWS_ENDPOINT_URL itself): no credentials in the URL.
+        if endpoint_url:
+            endpoint_without_credentials(endpoint_url)
+        if os.environ.get("AWS_ENDPOINT_URL"):
+            endpoint_without_credentials(os.environ["AWS_ENDPOINT_URL"], "AWS_ENDPOINT_URL")
         return S3Storage(parsed.netloc, parsed.path, client or make_s3_client(endpoint_url))
+    if _ALMOST_URI.match(root) or _SCHEME_AS_DIRECTORY.match(root):
+        raise StorageError(
+            f"storage root {root!r}: looks like a URI but is not one (expected s3://bucket/prefix; "
+            f"a local directory of that name: ./{re.sub('/+', '/', root).rstrip('/')})"
+        )
     if _SCHEME.match(root):
         raise StorageError(
             f"storage root {root!r}: only local directories and s3://bucket/prefix are supported "

@@ -23,6 +23,7 @@ from renku_metrics.defs.digest.schedules import build_digest_job_and_schedule
 from renku_metrics.defs.engagement.assets import build_engagement_assets
 from renku_metrics.defs.freshness import build_freshness_checks, build_freshness_sensor
 from renku_metrics.defs.groups.assets import build_group_assets
+from renku_metrics.defs.integrity.schedules import verify_store_job, verify_store_schedule
 from renku_metrics.defs.raw_events.assets import build_raw_events_asset
 from renku_metrics.defs.raw_events.checks import raw_events_freshness_rules
 from renku_metrics.defs.raw_events.schedules import build_daily_extract_schedule
@@ -102,6 +103,9 @@ def build_defs(
     target_status = build_target_status_asset(config, targets, target_upstream)
     target_job, target_sensor = build_target_status_job_and_sensor(target_status, target_upstream)
     jobs.append(target_job)
+    # The store scan on a schedule (defs/integrity).
+    jobs.append(verify_store_job)
+    schedules.append(verify_store_schedule)
     return Definitions(
         assets=[*all_assets, target_status],
         asset_checks=[build_freshness_checks(freshness), *build_release_checks()],

@@ -8,7 +8,14 @@ from dagster import ConfigurableResource, EnvVar
 from dagster_aws.s3 import S3Resource
 from pydantic import Field
 
-from renku_metrics.core.storage import DEFAULT_ROOT, STORAGE_ENV, Storage, StorageError, open_storage
+from renku_metrics.core.storage import (
+    DEFAULT_ROOT,
+    STORAGE_ENV,
+    Storage,
+    StorageError,
+    endpoint_without_credentials,
+    open_storage,
+)
 
 ENDPOINT_ENV = "AWS_ENDPOINT_URL"
 
@@ -33,11 +40,13 @@ class MetricsStorageResource(ConfigurableResource):
         if not self.root:
             raise StorageError("storage root is empty (set $RENKU_METRICS_STORAGE, or leave it unset for ./data)")
         if self.root.startswith("s3://"):
+            if self.endpoint_url:  # refused before a client holds it (and might log it)
+                endpoint_without_credentials(self.endpoint_url)
             try:
                 client = S3Resource(endpoint_url=self.endpoint_url, region_name=self.region_name).get_client()
             except Exception as exc:
                 raise StorageError(f"cannot create an S3 client for {self.root}: {exc}") from exc
-            return open_storage(self.root, client=client)
+            return open_storage(self.root, client=client, endpoint_url=self.endpoint_url)
         return open_storage(self.root)
 
 

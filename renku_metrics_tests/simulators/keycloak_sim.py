@@ -12,11 +12,18 @@ Behaviour (SOURCES.md, and Keycloak's RealmAdminResource/JpaEventQuery):
   otherwise) with the ``view-events`` role (403 otherwise). Filters: ``type``
   (may repeat), ``client``, ``user``, ``dateFrom``, ``dateTo``; paging by
   ``first`` (offset) and ``max`` (default 100). Results are newest first.
-  ``dateFrom``/``dateTo`` are whole days parsed to midnight (the server runs on
-  UTC here), and as in Keycloak's JPA store both compare inclusively against
+  ``dateFrom``/``dateTo`` are whole days parsed to midnight in the server's time
+  zone (UTC unless ``utc_offset_minutes`` is given), and as in Keycloak's JPA store both compare inclusively against
   that midnight: ``dateFrom=D`` keeps time >= D 00:00, ``dateTo=D`` keeps
   time <= D 00:00:00.000 (so nearly all of day D is *excluded*). Digits are
   taken as epoch milliseconds, as newer releases accept.
+* ``GET {base}/admin/realms/{realm}`` (any realm-management role) returns the realm's
+  representation: with ``view-realm`` the full one, carrying the internal ``id`` that
+  event records hold as ``realmId`` (not the realm's name); without it, as Keycloak's
+  RealmAdminResource does, only ``{"realm": name}``.
+* Event records are served as stored: a test may store records whose ``realmId`` is
+  another realm's (``add_event(..., realm_id=...)``), as a shared events store or a
+  proxy in front of several realms could send them.
 * Retention: with ``events_expiration_seconds`` set, events older than
   ``now() - expiration`` are deleted before every query (Renku's realm setup
   uses 86400 s).
@@ -67,10 +74,15 @@ class KeycloakSimulator(SimulatorServer):
         token_lifetime_seconds: int = 300,
         events_expiration_seconds: int | None = None,
         now: Callable[[], dt.datetime] | None = None,
-        roles: tuple[str, ...] = ("view-events", "view-users"),
+        roles: tuple[str, ...] = ("view-events", "view-users", "view-realm"),
+        realm_id: str = "5f1c9a2e-7d3b-4e8a-9c41-0b6e2d7f8a13",
+        utc_offset_minutes: int = 0,
     ) -> None:
         super().__init__()
         self.realm = realm
+        self.realm_id = realm_id
+        # The server's time zone: whole days in dateFrom/dateTo are its local midnights.
+        self.utc_offset_minutes = utc_offset_minutes
         self.client_id = client_id
         self.client_secret = client_secret
         self.base_path = base_path.rstrip("/")
@@ -109,12 +121,13 @@ class KeycloakSimulator(SimulatorServer):
         username: str = "jane.doe@example.org",
         error: str | None = None,
         drop: tuple[str, ...] = (),
+        realm_id: str | None = None,
     ) -> dict[str, Any]:
         """Store an event record as Keycloak returns it; ``drop`` removes keys (malformed records)."""
         record: dict[str, Any] = {
             "time": to_ms(time),
             "type": type,
-            "realmId": "realm-" + self.realm.lower(),
+            "realmId": realm_id or self.realm_id,
             "clientId": client_id,
             "userId": user_id,
             "sessionId": session_id or str(uuid.uuid4()),
@@ -205,6 +218,8 @@ class KeycloakSimulator(SimulatorServer):
             return self._token(request)
         if request.path == events_path and request.method == "GET":
             return self._events(request)
+        if request.path == f"{prefix}/admin/realms/{self.realm}" and request.method == "GET":
+            return self._realm(request)
         admin = f"{prefix}/admin/realms/{self.realm}"
         if request.method == "GET" and request.path.startswith(admin + "/"):
             answer = self._directory(request, request.path[len(admin) :])
@@ -243,6 +258,23 @@ class KeycloakSimulator(SimulatorServer):
             }
         )
 
+    def _realm(self, request: Request) -> Response:
+        denied = self._authorized(request, any_of=())
+        if denied is not None:
+            return denied
+        if "view-realm" not in self.roles:
+            return Response.json({"realm": self.realm})
+        expiration = self.events_expiration_seconds
+        return Response.json(
+            {
+                "id": self.realm_id,
+                "realm": self.realm,
+                "enabled": True,
+                "eventsEnabled": True,
+                **({"eventsExpiration": expiration} if expiration else {}),
+            }
+        )
+
     def _authorized(self, request: Request, any_of: tuple[str, ...] = ("view-events",)) -> Response | None:
         header = request.header("Authorization") or ""
         token = header[7:] if header.startswith("Bearer ") else ""
@@ -251,7 +283,7 @@ class KeycloakSimulator(SimulatorServer):
             self.tokens.pop(token, None)
             self.unauthorized_responses += 1
             return Response.json({"error": "HTTP 401 Unauthorized"}, status=401)
-        if not set(any_of) & set(self.roles):
+        if any_of and not set(any_of) & set(self.roles):
             return Response.json({"error": "unknown_error"}, status=403)
         self._authenticated_requests += 1
         limit = self.expire_tokens_after_requests
@@ -266,15 +298,15 @@ class KeycloakSimulator(SimulatorServer):
         cutoff = to_ms(self.now()) - self.events_expiration_seconds * 1000
         self.events = [e for e in self.events if e["_time"] >= cutoff]
 
-    @staticmethod
-    def _date_ms(value: str) -> int | None:
+    def _date_ms(self, value: str) -> int | None:
         if value.isdigit():
             return int(value)
         try:
             day = dt.date.fromisoformat(value)
         except ValueError:
             return None
-        return to_ms(dt.datetime(day.year, day.month, day.day, tzinfo=UTC))
+        local = dt.timezone(dt.timedelta(minutes=self.utc_offset_minutes))
+        return to_ms(dt.datetime(day.year, day.month, day.day, tzinfo=local))
 
     def _events(self, request: Request) -> Response:
         denied = self._authorized(request)

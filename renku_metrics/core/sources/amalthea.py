@@ -85,6 +85,15 @@ class Settings(SettingsBase):
         for name in ("lookback_hours", "max_attempts"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{where}.{name}: must be at least 1")
+        if self.endpoint_url:
+            parts = urlsplit(self.endpoint_url)
+            if parts.username is not None or parts.password is not None or "@" in parts.netloc:
+                # Such a URL ends up in logs and messages: credentials come from the environment only.
+                raise ConfigError(
+                    f"{where}.endpoint_url: carries credentials ({parts.scheme}://***@"
+                    f"{parts.netloc.rsplit('@', 1)[-1]}): name them with access_key_id_env and "
+                    "secret_access_key_env instead"
+                )
 
 
 @dataclass(frozen=True)
@@ -164,6 +173,13 @@ class Source:
                 s3={"addressing_style": settings.addressing_style},
             ),
         )
+        # Every HTTP request to the endpoint (retries included): the extraction's cost against
+        # the store's rate limit, in the day's manifest.
+        self.s3_requests = 0
+        self._client.meta.events.register("before-send.s3", self._count_request)
+
+    def _count_request(self, **_: Any) -> None:
+        self.s3_requests += 1
 
     # -- S3 --------------------------------------------------------------------
 
@@ -232,6 +248,7 @@ class Source:
 
     def extract(self, window: TimeWindow) -> SourceResult:
         s = self.settings
+        self.s3_requests = 0
         result = SourceResult(source=SOURCE_NAME)
         objects, others = self.list_objects()
         candidates = objects_for_window(objects, window, dt.timedelta(hours=s.lookback_hours))
@@ -265,6 +282,7 @@ class Source:
                 window.end,
                 s.user_id_label,
             )
+        result.stats["s3_requests"] = self.s3_requests
         return result
 
     def _handle_line(

@@ -175,6 +175,7 @@ class Source:
             conn.close()
 
     def _query(self, cur, table: str, sql: str, params: Mapping[str, Any] | None = None) -> list[tuple]:
+        self.sql_queries = getattr(self, "sql_queries", 0) + 1
         try:
             cur.execute(sql, params)
             return cur.fetchall()
@@ -196,11 +197,13 @@ class Source:
     def extract(self, window: TimeWindow) -> SourceResult:
         result = SourceResult(source=SOURCE_NAME)
         notes: list[str] = []
+        self.sql_queries = 0
         with self.transaction() as cur:
             self._session_starts(cur, window, result, notes)
             if self.settings.read_metrics_table:
                 self._metrics(cur, window, result, notes)
         result.events.sort(key=lambda e: (e["occurred_at"], e["event_id"]))
+        result.stats["sql_queries"] = self.sql_queries
         if notes:
             result.complete = False
             result.coverage_note = "; ".join(notes)

@@ -129,8 +129,11 @@ class Settings(SettingsBase):
             )
         if self.bulk_push_lookback_days < 1:
             raise ConfigError(f"{where}.bulk_push_lookback_days: must be >= 1, got {self.bulk_push_lookback_days}")
-        if not 0 <= self.date_margin_days <= 7:
-            raise ConfigError(f"{where}.date_margin_days: must be between 0 and 7, got {self.date_margin_days}")
+        if not 1 <= self.date_margin_days <= 7:
+            raise ConfigError(
+                f"{where}.date_margin_days: must be between 1 and 7, got {self.date_margin_days} (GitLab reads "
+                "whole days in its own time zone, up to 14 hours off UTC: 0 loses the events of those hours)"
+            )
         if self.renku_domain is not None and not re.fullmatch(r"[A-Za-z0-9.-]+(:\d+)?", self.renku_domain):
             raise ConfigError(f"{where}.renku_domain: a host name like renkulab.io, got {self.renku_domain!r}")
         self.http_settings().validate(where)

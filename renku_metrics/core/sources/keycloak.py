@@ -6,11 +6,15 @@ How it reads a window [start, end)
    (the client's service account needs the realm-management roles ``view-events``
    and ``view-users``). The token is renewed shortly before ``expires_in`` runs
    out, and at once if the API answers 401 (expired or revoked mid-extract).
-2. ``GET {url}/admin/realms/{realm}/events?type=LOGIN&dateFrom=&dateTo=&first=&max=``.
+2. The realm's internal id, once: ``GET {url}/admin/realms/{realm}`` (``id``; needs the
+   role ``view-realm``), or the configured ``realm_id``. Records carry it as ``realmId``;
+   another realm's records are left out and counted (``other_realm_records``).
+   ``GET {url}/admin/realms/{realm}/events?type=LOGIN&dateFrom=&dateTo=&first=&max=``.
    ``dateFrom``/``dateTo`` are whole days whose exact meaning depends on the
    Keycloak release and the server's time zone (older releases compare
    ``time <= dateTo 00:00`` in server time). So the query covers the window's
-   days widened by ``date_margin_days`` on both sides, and every record is
+   days widened by ``date_margin_days`` (at least 1: server time zones reach 14 hours
+   off UTC) on both sides, and every record is
    filtered by its epoch-millisecond ``time`` to the exact window.
    Paging: results are newest first; ``first`` is an offset and ``max`` a page
    size. We ask for ``page_size + 1`` records and keep ``page_size``: an extra
@@ -67,8 +71,12 @@ class Settings(SettingsBase):
     page_size: int = 100  # records per events page (Keycloak's own default is 100)
     # (inferred) Whole-day date parameters are interpreted in the server's time
     # zone and, depending on the release, dateTo may end at that day's midnight:
-    # widen the queried days by this much and filter exactly by epoch ms.
+    # widen the queried days by this much and filter exactly by epoch ms. At least
+    # 1: a server's zone may be up to 14 hours off UTC, and 0 would lose those hours.
     date_margin_days: int = 1
+    # The realm's internal id, which LOGIN records carry as realmId (it may differ from
+    # the realm's name). Unset: read once from GET /admin/realms/{realm} (role view-realm).
+    realm_id: str | None = None
     timeout_seconds: float = 30.0
     max_retries: int = 5
     backoff_seconds: float = 1.0
@@ -80,8 +88,9 @@ class Settings(SettingsBase):
             raise ConfigError(f"{where}.realm: a realm name, not a path, got {self.realm!r}")
         if self.page_size < 1:
             raise ConfigError(f"{where}.page_size: must be >= 1, got {self.page_size}")
-        if not 0 <= self.date_margin_days <= 7:
-            raise ConfigError(f"{where}.date_margin_days: must be between 0 and 7, got {self.date_margin_days}")
+        check_date_margin(self.date_margin_days, f"{where}.date_margin_days")
+        if self.realm_id is not None and not self.realm_id.strip():
+            raise ConfigError(f"{where}.realm_id: empty (leave it out to read it from the realm)")
         self.http_settings().validate(where)
 
     def http_settings(self) -> HttpSettings:
@@ -91,6 +100,21 @@ class Settings(SettingsBase):
             backoff_seconds=self.backoff_seconds,
             max_backoff_seconds=self.max_backoff_seconds,
             max_concurrency=1,  # one sequential offset-paged query: nothing to parallelize
+        )
+
+
+# Time zones lie between UTC-12 and UTC+14: a whole-day query widened by one day on both sides
+# covers a UTC day on any server; not widened, it misses up to 14 hours of it.
+MIN_DATE_MARGIN_DAYS, MAX_DATE_MARGIN_DAYS = 1, 7
+
+
+def check_date_margin(value: int, where: str) -> None:
+    """Refuse a whole-day query margin that cannot cover every server time zone."""
+    if not MIN_DATE_MARGIN_DAYS <= value <= MAX_DATE_MARGIN_DAYS:
+        raise ConfigError(
+            f"{where}: must be between {MIN_DATE_MARGIN_DAYS} and {MAX_DATE_MARGIN_DAYS}, got {value} (the "
+            "server reads whole days in its own time zone, up to 14 hours off UTC: a margin of 0 loses "
+            "the events of those hours while the day says complete)"
         )
 
 
@@ -212,7 +236,24 @@ class Source:
             clock=clock,
         )
         self.client.auth = self.auth
-        self.events_path = f"/admin/realms/{settings.realm}/events"
+        self.realm_path = f"/admin/realms/{settings.realm}"
+        self.events_path = f"{self.realm_path}/events"
+        self._realm_id = settings.realm_id
+
+    def realm_id(self) -> str:
+        """The realm's internal id (LOGIN records' realmId): configured, or read once from the realm."""
+        if self._realm_id is None:
+            body = self.client.get_json(self.realm_path, expect=dict)
+            realm_id = body.get("id")
+            if not isinstance(realm_id, str) or not realm_id:
+                raise self.client.error(
+                    "GET",
+                    self.client.url_for(self.realm_path),
+                    "the realm's representation carries no id (the service account lacks the realm-management "
+                    "role view-realm): grant view-realm, or set sources.keycloak.realm_id",
+                )
+            self._realm_id = realm_id
+        return self._realm_id
 
     # -- reading ---------------------------------------------------------------
 
@@ -266,7 +307,9 @@ class Source:
     def extract(self, window: TimeWindow) -> SourceResult:
         start_ms, end_ms = _to_ms(window.start), _to_ms(window.end)
         self.client.reset_stats()  # this window's requests only
+        realm_id = self.realm_id()
         records = self._read_window(window)
+        other_realm = 0
 
         events: dict[str, dict[str, Any]] = {}
         rejected: list[RejectedRecord] = []
@@ -278,6 +321,10 @@ class Source:
             moment = record.get("time")
             if isinstance(moment, bool) or not isinstance(moment, int):
                 rejected.append(RejectedRecord(SOURCE_NAME, "missing or non-integer time", safe_record(record)))
+                continue
+            record_realm = record.get("realmId")
+            if record_realm is not None and record_realm != realm_id:
+                other_realm += 1  # another realm's record: never a login of this deployment
                 continue
             seen_times.append(moment)
             if not start_ms <= moment < end_ms:
@@ -312,7 +359,20 @@ class Source:
                 "source": SOURCE_NAME,
             }
 
-        stats: dict[str, int | float | str] = {"records_read": len(records), "logins": len(events)}
+        stats: dict[str, int | float | str] = {
+            "records_read": len(records),
+            "logins": len(events),
+            "other_realm_records": other_realm,
+        }
+        if other_realm:
+            log.warning(
+                "%s/%s: %d record(s) of another realm than %r (realmId %s) left out",
+                self.deployment,
+                SOURCE_NAME,
+                other_realm,
+                self.settings.realm,
+                realm_id,
+            )
         older = [t for t in seen_times if t < start_ms]
         proof = max(older) if older else self._probe_older(window)
         complete, note = True, ""

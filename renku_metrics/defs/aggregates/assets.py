@@ -8,8 +8,9 @@ Assets (each partitioned by period, every deployment in one partition, plus the
   catalog metric, distinct users, the period's active users and ``pct``.
 
 Both tables of a period come from the same scan of the raw events
-(``aggregate_period``), so they can never disagree, and a rerun after a crash
-rewrites both. Selecting either asset materializes both.
+(``aggregate_period``) and are published as a pair under one publication id
+(``core.publication``): a crash between the two writes leaves a pair that the
+readers mark incomplete and the schedule aggregates again. Selecting either asset materializes both.
 
 Each period is one Parquet object under ``metrics/<asset>/period=YYYY-MM-DD/``,
 replaced whole on a rerun. A backfill launches a quarter of periods per run (13
@@ -36,6 +37,7 @@ from renku_metrics.core.catalog import Catalog, metric_description
 from renku_metrics.core.config import MetricsConfig
 from renku_metrics.core.layout import metrics_key
 from renku_metrics.core.periods import period_bounds
+from renku_metrics.core.publication import publish_period
 from renku_metrics.core.storage import Storage
 from renku_metrics.defs.aggregates.checks import (
     ACTIVE_CHECKS,
@@ -200,10 +202,9 @@ def build_metric_assets(config: MetricsConfig, catalog: Catalog, period: str) ->
         results = aggregate_periods(storage, config.deployments, catalog, period, period_starts(context, period), now)
         for start, result in sorted(results.items()):
             core = with_denominator(result)
-            # Denominator first: a crash in between leaves the core table of the previous
-            # run, which a rerun (same scan for both) replaces.
-            storage.write_frame(metrics_key(active_key.path[-1], start), result.active_users)
-            storage.write_frame(metrics_key(core_key.path[-1], start), core)
+            # Both tables under one publication id: a crash between the two writes leaves a
+            # pair that readers refuse (core.publication) and the schedule aggregates again.
+            publish_period(storage, period, start, result.active_users, core)
             active_frames.append(result.active_users)
             core_frames.append(core)
             coverage.append((start, today >= period_bounds(period, start)[1], result.coverage))

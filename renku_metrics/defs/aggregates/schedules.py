@@ -14,11 +14,11 @@ from dagster import (
 
 from renku_metrics.core.config import MetricsConfig
 from renku_metrics.core.coverage import coverage_for
-from renku_metrics.core.layout import metrics_key
 from renku_metrics.core.periods import PERIOD_SUFFIX, period_bounds, period_start_of, previous_period_start
+from renku_metrics.core.publication import stored_pair_complete
 from renku_metrics.core.storage import Storage
-from renku_metrics.defs.keys import active_users_name
 from renku_metrics.defs.resources import MetricsStorageResource
+from renku_metrics.defs.run_limits import job_tags, scheduled_run_tags
 from renku_metrics.defs.runs import partitions_in_flight
 
 RECHECK_PERIODS = {"week": 4, "month": 2}
@@ -42,9 +42,8 @@ def periods_to_aggregate(
         starts.append(start)
     wanted = starts[:1]
     for start in starts[1:]:
-        key = metrics_key(active_users_name(period), start)
-        stored_complete = storage.exists(key) and bool(storage.read_parquet(key).to_pandas()["complete"].all())
-        if stored_complete:
+        # Complete only when both tables are stored as one pair (core.publication).
+        if stored_pair_complete(storage, period, start):
             continue
         end = period_bounds(period, start)[1]
         now_complete = all(
@@ -70,6 +69,7 @@ def build_period_job_and_schedule(config: MetricsConfig, period: str, assets: li
         # The assets with their own checks; the freshness checks are evaluated by their sensor.
         selection=AssetSelection.assets(*assets).without_checks() | AssetSelection.checks(*assets),
         description=f"Aggregate the {PERIOD_SUFFIX[period]} metrics of a period.",
+        tags=job_tags("period_metrics"),
     )
 
     @schedule(
@@ -94,6 +94,6 @@ def build_period_job_and_schedule(config: MetricsConfig, period: str, assets: li
             context.log.info("Not requested again, already queued or running: %s", ", ".join(sorted(busy)))
         for key in keys:
             if key not in busy:
-                yield RunRequest(run_key=f"{key}@{today.isoformat()}", partition_key=key)
+                yield RunRequest(run_key=f"{key}@{today.isoformat()}", partition_key=key, tags=scheduled_run_tags())
 
     return job, period_schedule

@@ -17,6 +17,7 @@ from renku_metrics.core.layout import metrics_key
 from renku_metrics.core.value.digest_delivery import latest_complete_week
 from renku_metrics.defs.keys import core_actions_name
 from renku_metrics.defs.resources import MetricsStorageResource
+from renku_metrics.defs.run_limits import job_tags
 
 CRON = "30 6-23 * * 1"  # Mondays, hourly from 06:30 UTC (the weekly aggregates start at 04:00)
 
@@ -26,6 +27,7 @@ def build_digest_job_and_schedule(digest: AssetsDefinition):
         "weekly_digest_job",
         selection=AssetSelection.assets(digest),
         description="Build, store and deliver the weekly digest of a week.",
+        tags=job_tags("weekly_digest"),
     )
 
     @schedule(

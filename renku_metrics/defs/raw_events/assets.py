@@ -64,11 +64,20 @@ def _day_metadata(storage: Storage, extract: DayExtract) -> dict:
     for action in ACTIONS:
         meta[f"events_{action}"] = extract.by_action.get(action, 0)
     for source, info in extract.sources.items():
+        # What the day cost the upstream (requests, retries included; seconds).
+        for key in ("requests", "seconds"):
+            if key in info:
+                meta[f"{source}/{key}"] = info[key]
         for key, value in info.get("stats", {}).items():
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 meta[f"{source}/{key}"] = value
     if extract.rejected_uri:
         meta["rejected_uri"] = MetadataValue.path(extract.rejected_uri)
+    if extract.dedup_unchecked_days:
+        meta["dedup_unchecked_days"] = MetadataValue.md(
+            "Damaged neighbouring days, not checked for repeated records (re-extract them):\n"
+            + "\n".join(f"- {day}: {problem}" for day, problem in extract.dedup_unchecked_days.items())
+        )
     if extract.incomplete:
         meta["coverage_gaps"] = MetadataValue.md("\n".join(f"- {g}" for g in extract.incomplete))
     return meta

@@ -1,6 +1,7 @@
 """Daily extract job and schedule of each deployment."""
 
 import datetime as dt
+import logging
 
 from dagster import (
     AssetsDefinition,
@@ -16,10 +17,14 @@ from dagster import (
 )
 
 from renku_metrics.core.config import Deployment
+from renku_metrics.core.integrity import DamagedFileError
 from renku_metrics.core.manifest import Manifest
 from renku_metrics.core.storage import Storage
 from renku_metrics.defs.resources import MetricsStorageResource
+from renku_metrics.defs.run_limits import job_tags, scheduled_run_tags
 from renku_metrics.defs.runs import partitions_in_flight
+
+log = logging.getLogger(__name__)
 
 REEXTRACT_DAYS = 7
 
@@ -44,7 +49,12 @@ def days_to_extract(
         if back == 1:
             wanted.append(day)
             continue
-        manifest = Manifest.read(storage, deployment.name, day)
+        try:
+            manifest = Manifest.read(storage, deployment.name, day)
+        except DamagedFileError as exc:  # re-extracting the day replaces its damaged manifest
+            log.warning("%s", exc)
+            wanted.append(day)
+            continue
         if manifest is None or not manifest.complete:
             wanted.append(day)
     return wanted
@@ -60,6 +70,7 @@ def build_daily_extract_schedule(deployment: Deployment, asset_def: AssetsDefini
         selection=AssetSelection.assets(asset_def).without_checks() | AssetSelection.checks(asset_def),
         description=f"Extract UTC days of deployment {deployment.name}.",
         op_retry_policy=EXTRACT_RETRY_POLICY,
+        tags=job_tags("daily_extract"),
     )
 
     @schedule(
@@ -84,6 +95,6 @@ def build_daily_extract_schedule(deployment: Deployment, asset_def: AssetsDefini
             context.log.info("Not requested again, already queued or running: %s", ", ".join(sorted(busy)))
         for key in keys:
             if key not in busy:
-                yield RunRequest(run_key=f"{key}@{today.isoformat()}", partition_key=key)
+                yield RunRequest(run_key=f"{key}@{today.isoformat()}", partition_key=key, tags=scheduled_run_tags())
 
     return job, daily_extract

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dagster import AssetsDefinition, DefaultScheduleStatus, ScheduleDefinition, define_asset_job
 
+from renku_metrics.defs.run_limits import job_tags
+
 JOB = "releases_daily"
 
 
@@ -13,6 +15,7 @@ def build_releases_job_and_schedule(assets: list[AssetsDefinition]):
         selection=[a.key for a in assets],
         description="Refresh the releases table and judge every release again (verdicts appear by themselves "
         "once a release's after-window is complete).",
+        tags=job_tags("releases"),
     )
     schedule = ScheduleDefinition(
         name=f"{JOB}_schedule",

@@ -43,6 +43,7 @@ from renku_metrics.defs.aggregates.assets import markdown_core
 from renku_metrics.defs.keys import OWNERS, core_actions_name
 from renku_metrics.defs.metadata import markdown_table
 from renku_metrics.defs.resources import MetricsStorageResource
+from renku_metrics.defs.run_limits import job_tags, scheduled_run_tags
 
 NAME = "metrics_report"
 KEY = AssetKey(NAME)
@@ -176,7 +177,9 @@ def build_report_asset() -> AssetsDefinition:
 
 
 def build_report_job_and_sensor(report: AssetsDefinition):
-    job = define_asset_job(f"{NAME}_job", selection=[report.key], description="Rebuild the metrics report.")
+    job = define_asset_job(
+        f"{NAME}_job", selection=[report.key], description="Rebuild the metrics report.", tags=job_tags(NAME)
+    )
 
     @sensor(
         name=f"{NAME}_sensor",
@@ -205,6 +208,6 @@ def build_report_job_and_sensor(report: AssetsDefinition):
         if busy:
             return SkipReason(f"{len(busy)} aggregate run(s) still in progress")
         context.update_cursor(str(latest))
-        return RunRequest(run_key=f"{NAME}@{latest}")
+        return RunRequest(run_key=f"{NAME}@{latest}", tags=scheduled_run_tags())
 
     return job, report_sensor

@@ -20,6 +20,7 @@ from dagster import (
 )
 
 from renku_metrics.core.value.targets import TABLE
+from renku_metrics.defs.run_limits import job_tags
 
 _IN_PROGRESS = [
     DagsterRunStatus.QUEUED,
@@ -34,6 +35,7 @@ def build_target_status_job_and_sensor(asset_def: AssetsDefinition, upstream: li
         f"{TABLE}_job",
         selection=[asset_def.key],
         description="Evaluate every target as of a week.",
+        tags=job_tags("target_status"),
     )
 
     @sensor(
