@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from dagster import AssetKey, DagsterInstance, DagsterRunStatus, RunsFilter
+from dagster import AssetKey, AssetRecordsFilter, DagsterInstance, DagsterRunStatus, RunsFilter
 
 PARTITION_TAG = "dagster/partition"
 RANGE_START_TAG = "dagster/asset_partition_range_start"
@@ -44,3 +44,26 @@ def partitions_in_flight(
         if start and end:
             covered |= {k for k in wanted if start <= k <= end}
     return covered
+
+
+def settled_upstream(instance: DagsterInstance, upstream: Iterable[AssetKey], cursor: str | None) -> tuple[int, str]:
+    """For a sensor that follows ``upstream``: (the storage id of their newest
+    materialization, or 0 when it is not newer than ``cursor``, the sensor's last one;
+    the reason to skip, "" when none). It skips while a run materializing any of them is
+    queued or in progress, so a backfill is followed once, at its end."""
+    keys = list(upstream)
+    latest = 0
+    for key in keys:
+        records = instance.fetch_materializations(AssetRecordsFilter(asset_key=key), limit=1).records
+        if records:
+            latest = max(latest, records[0].storage_id)
+    if latest <= int(cursor or 0):
+        return 0, "no new materialization of " + ", ".join(k.to_user_string() for k in keys)
+    busy = [
+        run
+        for run in instance.get_runs(filters=RunsFilter(statuses=IN_FLIGHT_STATUSES), limit=_MAX_RUNS)
+        if run.asset_selection and set(run.asset_selection) & set(keys)
+    ]
+    if busy:
+        return 0, f"{len(busy)} run(s) of " + ", ".join(k.to_user_string() for k in keys) + " still in progress"
+    return latest, ""

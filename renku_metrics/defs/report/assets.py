@@ -20,14 +20,11 @@ import pandas as pd
 from dagster import (
     AssetExecutionContext,
     AssetKey,
-    AssetRecordsFilter,
     AssetsDefinition,
-    DagsterRunStatus,
     DefaultSensorStatus,
     MaterializeResult,
     MetadataValue,
     RunRequest,
-    RunsFilter,
     SensorEvaluationContext,
     SkipReason,
     asset,
@@ -44,17 +41,12 @@ from renku_metrics.defs.keys import OWNERS, core_actions_name
 from renku_metrics.defs.metadata import markdown_table
 from renku_metrics.defs.resources import MetricsStorageResource
 from renku_metrics.defs.run_limits import job_tags, scheduled_run_tags
+from renku_metrics.defs.runs import settled_upstream
 
 NAME = "metrics_report"
 KEY = AssetKey(NAME)
 UPSTREAM = [AssetKey(core_actions_name("week")), AssetKey(core_actions_name("month")), AssetKey("target_status")]
 WEEKS_CHARTED = 52
-_IN_PROGRESS = [
-    DagsterRunStatus.QUEUED,
-    DagsterRunStatus.NOT_STARTED,
-    DagsterRunStatus.STARTING,
-    DagsterRunStatus.STARTED,
-]
 _CAPTIONS = {
     "weekly_share": "Share of active users per core action, per deployment, last 52 weeks",
     "weekly_users": "Distinct users per core action, per deployment, last 52 weeks",
@@ -192,21 +184,9 @@ def build_report_job_and_sensor(report: AssetsDefinition):
         ),
     )
     def report_sensor(context: SensorEvaluationContext):
-        instance = context.instance
-        latest = 0
-        for key in UPSTREAM:
-            records = instance.fetch_materializations(AssetRecordsFilter(asset_key=key), limit=1).records
-            if records:
-                latest = max(latest, records[0].storage_id)
-        if latest <= int(context.cursor or 0):
-            return SkipReason("no new weekly or monthly materialization")
-        busy = [
-            run
-            for run in instance.get_runs(filters=RunsFilter(statuses=_IN_PROGRESS))
-            if run.asset_selection and set(run.asset_selection) & set(UPSTREAM)
-        ]
-        if busy:
-            return SkipReason(f"{len(busy)} aggregate run(s) still in progress")
+        latest, skip = settled_upstream(context.instance, UPSTREAM, context.cursor)
+        if skip:
+            return SkipReason(skip)
         context.update_cursor(str(latest))
         return RunRequest(run_key=f"{NAME}@{latest}", tags=scheduled_run_tags())
 

@@ -7,12 +7,9 @@ must not read a period while its aggregate is still being written.
 
 from dagster import (
     AssetKey,
-    AssetRecordsFilter,
     AssetsDefinition,
-    DagsterRunStatus,
     DefaultSensorStatus,
     RunRequest,
-    RunsFilter,
     SensorEvaluationContext,
     SkipReason,
     define_asset_job,
@@ -21,13 +18,7 @@ from dagster import (
 
 from renku_metrics.core.value.targets import TABLE
 from renku_metrics.defs.run_limits import job_tags
-
-_IN_PROGRESS = [
-    DagsterRunStatus.QUEUED,
-    DagsterRunStatus.NOT_STARTED,
-    DagsterRunStatus.STARTING,
-    DagsterRunStatus.STARTED,
-]
+from renku_metrics.defs.runs import settled_upstream
 
 
 def build_target_status_job_and_sensor(asset_def: AssetsDefinition, upstream: list[AssetKey]):
@@ -51,21 +42,9 @@ def build_target_status_job_and_sensor(asset_def: AssetsDefinition, upstream: li
         ),
     )
     def target_status_sensor(context: SensorEvaluationContext):
-        instance = context.instance
-        latest = 0
-        for key in upstream:
-            records = instance.fetch_materializations(AssetRecordsFilter(asset_key=key), limit=1).records
-            if records:
-                latest = max(latest, records[0].storage_id)
-        if latest <= int(context.cursor or 0):
-            return SkipReason("no new materialization of the aggregates")
-        busy = [
-            run
-            for run in instance.get_runs(filters=RunsFilter(statuses=_IN_PROGRESS))
-            if run.asset_selection and set(run.asset_selection) & set(upstream)
-        ]
-        if busy:
-            return SkipReason(f"{len(busy)} aggregate run(s) still in progress")
+        latest, skip = settled_upstream(context.instance, upstream, context.cursor)
+        if skip:
+            return SkipReason(skip)
         week = asset_def.partitions_def.get_last_partition_key()  # the last week that has ended
         if week is None:
             return SkipReason("no week has ended yet")
