@@ -35,6 +35,9 @@ import pandas as pd
 import pyarrow as pa
 
 ACTIONS = ("login", "commit", "create_dataset", "run_workflow", "start_session")
+# The core actions of the pitch (every action but a login): what "activated" means in the
+# activation view (renku_metrics.core.engagement.activation).
+CORE_ACTIONS = ("commit", "create_dataset", "run_workflow", "start_session")
 VISIBILITIES = ("public", "internal", "private")
 
 EVENT_SCHEMA = pa.schema(
