@@ -16,3 +16,8 @@ from renku_metrics.core.readers import (
 )
 
 __all__ = ["read_metrics", "read_active_users", "read_events", "read_lifecycle", "read_stickiness", "read_retention"]
+
+# Activation of new users (docs/engagement.md): from renku_metrics import read_activation
+from renku_metrics.core.readers import read_activation  # noqa: E402
+
+__all__ += ["read_activation"]

@@ -248,3 +248,45 @@ def test_user_weeks_stored_without_core_days_are_rebuilt(storage, tmp_path):
     again = engagement.activation(storage, [ALPHA, BETA], [W0, W1], now)
     pd.testing.assert_frame_equal(first.drop(columns="computed_at"), again.drop(columns="computed_at"))
     assert storage.read_parquet(key).column("core_days").type == pa.uint8()
+
+
+def test_materialize_activation_and_read_it(storage):
+    import warnings
+
+    from dagster import AssetKey, DagsterInstance, materialize
+
+    from renku_metrics import read_activation
+    from renku_metrics.core.config import MetricsConfig
+    from renku_metrics.core.layout import metrics_key
+    from renku_metrics.defs.engagement.assets import build_engagement_assets
+    from renku_metrics.defs.engagement.checks import check_activation
+    from renku_metrics.defs.resources import MetricsStorageResource
+
+    warnings.filterwarnings("ignore", category=Warning, module="dagster")
+    config = MetricsConfig("test", (ALPHA, BETA))
+    asset = next(a for a in build_engagement_assets(config)["week"] if a.key == AssetKey("activation_weekly"))
+    instance = DagsterInstance.ephemeral()
+    # The weekly run on Monday 2025-02-17 for the week just ended (W5 = 2025-02-10): it also refreshes
+    # the 4 cohorts before it, W1..W4, and W1's 28-day windows have just all ended.
+    result = materialize(
+        [asset],
+        partition_key="2025-02-10",
+        resources={"metrics_storage": MetricsStorageResource(root=storage.root)},
+        instance=instance,
+        tags={"renku_metrics/now": "2025-02-17T04:00:00+00:00"},
+    )
+    assert result.success
+    checks = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
+    assert checks == {"activated_within_cohort": True, "one_row_per_key": True, "deployments_present": True}
+    recorded = instance.fetch_materializations(AssetKey("activation_weekly"), limit=10).records
+    assert {r.partition_key for r in recorded} == {"2025-01-13", "2025-01-20", "2025-01-27", "2025-02-03", "2025-02-10"}
+    assert not storage.exists(metrics_key("activation_weekly", W0))  # five cohorts back: final already
+    frame = read_activation(storage=storage)
+    assert figures(row(frame, "all", W1)) == (7, 4, 5, 57.14, 71.43)
+    assert str(frame["activated_7d"].dtype) == "Int64" and isinstance(frame["observed_until"].iloc[0], dt.date)
+    final = read_activation(storage=storage, complete_only=True)
+    assert set(final["period_start"]) == {W1}
+    # The check fails rows that contradict themselves: more activated within 7 days than within 28.
+    bad = frame[frame["period_start"] == W1].copy()
+    bad.loc[bad["deployment"] == "alpha", "activated_7d"] = 5
+    assert not check_activation(bad, config)["activated_within_cohort"][0]
