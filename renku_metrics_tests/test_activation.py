@@ -290,3 +290,18 @@ def test_materialize_activation_and_read_it(storage):
     bad = frame[frame["period_start"] == W1].copy()
     bad.loc[bad["deployment"] == "alpha", "activated_7d"] = 5
     assert not check_activation(bad, config)["activated_within_cohort"][0]
+
+
+def test_report_shows_the_latest_complete_cohort_and_a_line_per_week(storage):
+    from renku_metrics.defs.metadata import markdown_table, table_rows
+    from renku_metrics.defs.report.assets import build_report
+
+    frame = engagement.activation(storage, [ALPHA, BETA], [W0, W1, W1 + dt.timedelta(days=7)], at(D(2025, 2, 17)))
+    text, charts, meta = build_report(pd.DataFrame(), pd.DataFrame(), activation=frame)
+    assert meta["latest_complete_activation_cohort"] == "2025-01-13"  # W2 = 01-20 is still open
+    assert "## Latest complete activation cohort: 2025-01-13" in text
+    assert meta["activation/all/within_7d_pct"] == 57.14 and meta["activation/alpha/within_28d_pct"] == 57.14
+    assert charts["weekly_activation"].startswith(b"\x89PNG\r\n\x1a\n")
+    table = "\n".join(line for line in text.splitlines() if line.startswith("|"))
+    rows = {r["deployment"]: r for r in table_rows(markdown_table(table))}
+    assert rows["all"]["core action within 7 days"] == "57% (4)" and rows["beta"]["within 28 days"] == "100% (2)"
