@@ -52,3 +52,17 @@ def test_demo_materializes_each_period_with_its_own_numbers(tmp_path, monkeypatc
         meta = report[0].asset_materialization.metadata
         assert meta["latest_complete_week"].value == "2025-03-31"
         assert all("data:image/png;base64," in meta[f"chart_{n}"].value for n in ("weekly_share", "monthly_share"))
+    # The activation of the latest cohort whose 28-day windows have ended (2025-03-03 + 35 days =
+    # 2025-04-07 <= today; 2025-03-10 + 35 > today): provisional, the history before it being short.
+    from renku_metrics.core.readers import read_activation
+
+    activation = read_activation(storage=str(root))
+    latest = activation[activation["period_start"].astype(str) == "2025-03-03"].set_index("deployment")
+    assert "Activation of new users, cohort week 2025-03-03 (PROVISIONAL (not final))" in out
+    for name in ("demo", "demo_small", "all"):
+        r = latest.loc[name]
+        assert (
+            f"{r.cohort_users:>6} new users: {r.activation_7d:5.1f}% within 7 days, {r.activation_28d:5.1f}% within 28 days"
+            in out
+        )
+    assert activation[activation["period_start"].astype(str) == "2025-03-10"]["activation_28d"].isna().all()
