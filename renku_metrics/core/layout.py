@@ -122,3 +122,9 @@ def raw_change_key(deployment: str, at: dt.datetime, day: dt.date, token: str) -
 
 def changed_day_of_key(key: str) -> dt.date:
     return dt.date.fromisoformat(key.rsplit("/", 1)[-1].split("_")[1])
+
+
+def projects_key(deployment: str, day: dt.date) -> str:
+    """The project-ownership snapshot the extract of ``day`` used (ids and user keys only):
+    ``projects/deployment=<name>/date=YYYY-MM-DD/projects.parquet``."""
+    return f"projects/deployment={deployment}/date={day.isoformat()}/projects.parquet"
