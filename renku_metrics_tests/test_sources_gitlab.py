@@ -557,3 +557,35 @@ def test_a_new_branch_head_answering_404_is_retried_then_noted(gitlab):
     result = make_source(gitlab, max_retries=1).extract(WINDOW)
     assert not result.complete and result.events == []
     assert "commits of push event" in result.coverage_note and "(HTTP 404)" in result.coverage_note
+
+
+# -- project ownership ------------------------------------------------------------
+
+
+def test_project_owners_from_the_projects_api(gitlab):
+    from renku_metrics.core.ownership import ProjectRecord
+
+    gitlab.add_project(30, owner_id=ALICE, visibility="public")  # alice's personal namespace
+    gitlab.add_project(31, creator_id=BOB)  # a group project bob created
+    gitlab.add_project(32, owner_id=CAROL, forked_from=30)  # carol's fork (carol has no Keycloak identity)
+    gitlab.add_project(33, owner_id=BOB)
+    gitlab.gone_projects.add(33)  # deleted: 404
+    source = make_source(gitlab, project_ownership=True)
+    got = source.project_owners(["30", "31", "32", "33", "not-gitlab"])
+    assert got == {
+        "30": ProjectRecord("30", md5("kc-alice"), None, "public"),
+        "31": ProjectRecord("31", md5("kc-bob"), None, "private"),
+        "32": ProjectRecord("32", "gitlab:3", "30", "private"),
+        "33": None,
+        "not-gitlab": None,
+    }
+    # A transfer into bob's namespace: the next lookup names bob.
+    gitlab.set_namespace(30, BOB)
+    assert source.project_owners(["30"])["30"].owner == md5("kc-bob")
+    # Into a group: the creator (alice) is the owner again.
+    gitlab.set_namespace(30, None)
+    assert source.project_owners(["30"])["30"].owner == md5("kc-alice")
+    # Off by default: nothing is asked.
+    before = len(gitlab.requests)
+    assert make_source(gitlab).project_owners(["30"]) == {"30": None}
+    assert len(gitlab.requests) == before
