@@ -323,7 +323,10 @@ def extract_day(
     valid, invalid = validate_events(candidates, window, deployment.name)
     rejected.extend(invalid)
     # Derived actions from who owned each project on this day (renku_metrics.core.ownership).
-    valid, owner_source, owner_stats = add_ownership_actions(storage, deployment.name, day, valid, built)
+    try:
+        valid, owner_source, owner_stats = add_ownership_actions(storage, deployment.name, day, valid, built)
+    except SourceError as exc:
+        raise SourceError(f"{exc} (looking up project owners for day {day})") from exc
     if owner_source is not None:
         sources[owner_source]["stats"].update(owner_stats)
     # The same upstream record can surface again on a later day (a commit pushed to a
