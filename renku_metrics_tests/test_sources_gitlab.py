@@ -589,3 +589,46 @@ def test_project_owners_from_the_projects_api(gitlab):
     before = len(gitlab.requests)
     assert make_source(gitlab).project_owners(["30"]) == {"30": None}
     assert len(gitlab.requests) == before
+
+
+def test_collaboration_through_the_extract_with_a_transfer_and_a_fork(gitlab, tmp_path):
+    """Day D: bob commits to alice's project 40 and to his fork 41 of it, carol (who owns nothing
+    and has no Keycloak identity) commits to 40, alice to her own 40. Then alice transfers 40 to
+    bob. Day D+2: alice commits to 40 (now bob's), bob to 40 and to 41 (a fork of his own project)."""
+    from renku_metrics.core.config import Deployment
+    from renku_metrics.core.extract import extract_day
+    from renku_metrics.core.readers import read_events
+    from renku_metrics.core.storage import LocalStorage
+
+    gitlab.add_project(40, owner_id=ALICE, last_activity_at=at(days=-30))
+    gitlab.add_project(41, owner_id=BOB, forked_from=40, last_activity_at=at(days=-30))
+    gitlab.push(40, ALICE, at(9), ["Start"])
+    gitlab.push(40, BOB, at(10), ["Bob's fix"])
+    gitlab.push(41, BOB, at(11), ["Bob's fork work"])
+    gitlab.push(40, CAROL, at(12), ["Carol's fix"])
+    storage = LocalStorage(tmp_path / "data")
+    dep = Deployment(name="testdep", start_date=D, sources={})
+    source = make_source(gitlab, project_ownership=True, now=lambda: at(days=3))
+    first = extract_day(storage, dep, D, sources_by_type={"gitlab": source}, now=at(26))
+    gitlab.set_namespace(40, BOB)  # the transfer, on D+1
+    later = D + dt.timedelta(days=2)
+    gitlab.push(40, ALICE, at(9, days=2), ["Alice, now a guest"])
+    gitlab.push(40, BOB, at(10, days=2), ["Bob on his project"])
+    gitlab.push(41, BOB, at(11, days=2), ["Bob on his fork"])
+    extract_day(storage, dep, later, sources_by_type={"gitlab": source}, now=at(2, days=3))
+    extract_day(storage, dep, D, sources_by_type={"gitlab": source}, now=at(3, days=3))  # D again
+
+    events = read_events("testdep", storage=storage)
+    derived = events[events["action"] == "collaborate"]
+    got = sorted(zip(derived["occurred_at"].dt.date, derived["user_id"], derived["project_id"], strict=True))
+    assert got == sorted(
+        [
+            (D, md5("kc-bob"), "40"),  # alice's project then
+            (D, md5("kc-bob"), "41"),  # his own fork of alice's project
+            (D, "gitlab:3", "40"),  # carol owns nothing
+            (later, md5("kc-alice"), "40"),  # bob's project by then
+        ]
+    )
+    assert first.sources["gitlab"]["stats"]["derived_collaborate"] == 3
+    assert first.sources["gitlab"]["stats"]["ownership_projects"] == 2
+    assert (events["action"] == "commit").sum() == 7
