@@ -10,7 +10,8 @@ measured in a fresh child process with its own peak RSS and CPU time:
   ``state/`` costs), which leaves the state as last week's runs left it;
 * a weekly run as the weekly job runs it, in one process: the week's
   ``aggregate_period`` (which stores the week's user sets), then ``lifecycle``,
-  then ``retention`` (the new cohort and the 8 it refreshes); and a monthly run
+  then ``retention`` (the new cohort and the 8 it refreshes), then ``activation``
+  (the new cohort and the 4 it refreshes); and a monthly run
   (aggregate, lifecycle, stickiness);
 * both after the whole 3-year history and in a store holding only its last year
   (hard links to the same files): the same weeks, so the ratio shows whether a
@@ -167,6 +168,9 @@ def _figure(name: str, root: str, days: int, start: dt.date) -> dict:
         rows = []
         part("groups", lambda: rows.append(len(group_metrics(storage, grouped, catalog, "week", [week]))))
         info = f"{rows[0]:,} group-metric rows"
+        # activation: the new cohort and the 4 it refreshes (their 28-day windows are still open)
+        opened = [week - dt.timedelta(weeks=k) for k in range(max(engagement.ACTIVATION_DAYS) // 7, -1, -1)]
+        part("activation", lambda: engagement.activation(storage, deployments, opened, now))
     elif name == "monthly_run":
         nxt = (month + dt.timedelta(days=32)).replace(day=1)
         now = _now(nxt)
@@ -338,7 +342,7 @@ def scale_figures(root: Path, days: int) -> None:
         return runs[run][part_name]["seconds"]
 
     w3, w1, m3, m1 = "weekly_run_3y", "weekly_run_1y", "monthly_run_3y", "monthly_run_1y"
-    for part_name in ("aggregate", "lifecycle", "retention", "groups"):
+    for part_name in ("aggregate", "lifecycle", "retention", "groups", "activation"):
         print(
             f"weekly {part_name}, 3 years / 1 year of history: {sec(w3, part_name) / sec(w1, part_name):.2f} (~1 = flat)"
         )
@@ -350,6 +354,7 @@ def scale_figures(root: Path, days: int) -> None:
         f"3 years: weekly lifecycle / weekly aggregate: {sec(w3, 'lifecycle') / sec(w3, 'aggregate'):.2f}, "
         f"retention / weekly aggregate: {sec(w3, 'retention') / sec(w3, 'aggregate'):.2f} (target <= 2), "
         f"groups ({GROUPS} per deployment) / weekly aggregate: {sec(w3, 'groups') / sec(w3, 'aggregate'):.2f}"
+        f", activation / weekly aggregate: {sec(w3, 'activation') / sec(w3, 'aggregate'):.2f} (target <= 2)"
     )
     peak = max(p["peak_rss_mib"] for fig in runs.values() for p in fig.values())
     print(f"largest peak RSS of a weekly or monthly run: {peak:.0f} MiB (bound: 2048)")

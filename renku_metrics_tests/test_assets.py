@@ -79,7 +79,7 @@ def test_single_run_backfill_of_several_weeks(tmp_path, where, request, monkeypa
     for week in ("2025-03-03", "2025-03-10", "2025-03-17"):
         meta = own[week]
         assert meta["period"].value == week
-        assert meta["dagster/row_count"].value == 3 * 4  # (2 deployments + all) x metrics
+        assert meta["dagster/row_count"].value == 3 * 6  # (2 deployments + all) x metrics
         assert meta["dagster/uri"].value.startswith(root if where == "s3" else str(tmp_path))
         assert {r["period"] for r in table_rows(meta["table"])} == {week}
         rows = metrics[(metrics["period_start"] == dt.date.fromisoformat(week)) & (metrics["deployment"] == "demo")]
@@ -93,7 +93,7 @@ def test_single_run_backfill_of_several_weeks(tmp_path, where, request, monkeypa
 
     storage = open_storage(root, endpoint_url=endpoint)
     metrics = read_metrics("week", storage=storage)
-    assert len(metrics) == 36
+    assert len(metrics) == 54  # 3 weeks x (2 deployments + all) x 6 metrics
     assert set(metrics["period_start"]) == {dt.date(2025, 3, 3), dt.date(2025, 3, 10), dt.date(2025, 3, 17)}
     assert metrics["complete"].all()
     assert {"deployment", "period", "period_start", "metric", "users", "active_users", "pct"} <= set(metrics.columns)
@@ -118,10 +118,17 @@ def test_single_run_backfill_of_several_weeks(tmp_path, where, request, monkeypa
     assert row["pct"] == pytest.approx(round(100 * row["users"] / row["active_users"], 2))
     assert own["2025-03-10"]["demo/commit/users"].value == row["users"]
     assert own["2025-03-10"]["demo/commit/pct"].value == pytest.approx(row["pct"])
+    # The demo knows who owns its projects: collaboration is the derived events' users.
+    shared = metrics[
+        (metrics["deployment"] == "demo")
+        & (metrics["period_start"] == dt.date(2025, 3, 10))
+        & (metrics["metric"] == "collaborate")
+    ].iloc[0]
+    assert 0 < shared["users"] == events.loc[events["action"] == "collaborate", "user_id"].nunique()
 
     # When read from S3, the notebook API resolves the endpoint from AWS_ENDPOINT_URL.
     if where == "s3":
-        assert len(read_metrics("week", storage=root)) == 36
+        assert len(read_metrics("week", storage=root)) == 54
 
 
 def test_rerun_is_idempotent(tmp_path):

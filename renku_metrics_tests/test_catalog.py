@@ -26,7 +26,15 @@ def entry(**changes):
 
 def test_shipped_catalog_has_the_pitch_metrics():
     catalog = load_catalog()
-    assert [m.id for m in catalog.computed()] == ["commit", "create_dataset", "start_session", "run_workflow"]
+    assert [m.id for m in catalog.computed()] == [
+        "commit",
+        "create_dataset",
+        "start_session",
+        "run_workflow",
+        "collaborate",
+        "start_shared_session",
+    ]
+    assert catalog.get("collaborate").actions == ("collaborate",)
     session = catalog.get("start_session")
     assert any("renku session start" in gap for gap in session.known_gaps)
 

@@ -74,6 +74,7 @@ def expected_snapshot(deployments: list[str], grouped: list[str] = ()) -> dict:
     return {
         "assets": {
             **group_assets,
+            "activation_weekly": ["activated_within_cohort", "deployments_present", "freshness", "one_row_per_key"],
             "active_users_monthly": sorted(["active_users_consistent", "freshness", *PERIOD_COVERAGE_CHECKS]),
             "active_users_weekly": sorted(["active_users_consistent", "freshness", *PERIOD_COVERAGE_CHECKS]),
             "core_actions_monthly": sorted(

@@ -81,3 +81,18 @@ def test_demo_materializes_each_period_with_its_own_numbers(tmp_path, monkeypatc
     assert f"weekly_digest 2025-03-31: {digest.resolve()} (also .html, .png)" in out
     assert "sent nowhere (no channel configured" in out
     assert "| demo | this week | last week | 4-week average | change |" in digest.read_text()
+    # The activation of the latest cohort whose 28-day windows have ended (2025-03-03 + 35 days =
+    # 2025-04-07 <= today; 2025-03-10 + 35 > today, its last days not extracted): provisional, the
+    # history before it being short.
+    from renku_metrics.core.readers import read_activation
+
+    activation = read_activation(storage=str(root))
+    latest = activation[activation["period_start"].astype(str) == "2025-03-03"].set_index("deployment")
+    assert "Activation of new users, cohort week 2025-03-03 (PROVISIONAL (not final))" in out
+    for name in ("demo", "demo_small", "all"):
+        r = latest.loc[name]
+        assert (
+            f"{r.cohort_users:>6} new users: {r.activation_7d:5.1f}% within 7 days, {r.activation_28d:5.1f}% within 28 days"
+            in out
+        )
+    assert "cohort week 2025-03-10" not in out

@@ -288,14 +288,18 @@ def put_audit_log(endpoint: str, bucket: str, prefix: str) -> None:
 #   Hank   session 03-10 00:00:00.000 (line in the 03-09 object)
 #   not counted: staff; Joe's login and Bob's push at 03-17 00:00:00.000.
 R1_EXPECTED = [
+    ("2025-03-03", "collaborate", 0, 6, 0.0),  # gitlab without project_ownership: nobody
     ("2025-03-03", "commit", 4, 6, 66.67),  # Alice, Bob, Dave, gitlab:105
     ("2025-03-03", "create_dataset", 2, 6, 33.33),  # Alice (CLI), Bob (web UI)
     ("2025-03-03", "run_workflow", 1, 6, 16.67),  # Dave
     ("2025-03-03", "start_session", 2, 6, 33.33),  # Carol, Alice
+    ("2025-03-03", "start_shared_session", 0, 6, 0.0),
+    ("2025-03-10", "collaborate", 0, 7, 0.0),  # gitlab without project_ownership: nobody
     ("2025-03-10", "commit", 3, 7, 42.86),  # Bob, Alice, gitlab:105
     ("2025-03-10", "create_dataset", 1, 7, 14.29),  # Alice (dataset import)
     ("2025-03-10", "run_workflow", 3, 7, 42.86),  # Bob, gitlab:105, Alice
     ("2025-03-10", "start_session", 3, 7, 42.86),  # Hank, Alice (resume), Frank
+    ("2025-03-10", "start_shared_session", 0, 7, 0.0),
 ]
 
 
@@ -378,7 +382,7 @@ def test_renku1_simulators_to_weekly_metrics(tmp_path, s3_endpoint, s3_bucket, m
     # One deployment: the "all" rollup says the same.
     assert_table(weekly_table(root, "all"), R1_EXPECTED)
     metrics = read_metrics("week", storage=root)
-    assert len(metrics) == 16 and metrics["complete"].all() and (metrics["coverage_note"] == "").all()
+    assert len(metrics) == 24 and metrics["complete"].all() and (metrics["coverage_note"] == "").all()
     denominators = read_active_users("week", storage=root)
     renkulab = denominators[denominators["deployment"] == "renkulab"].sort_values("period_start")
     assert list(renkulab["active_users"]) == [6, 7]
@@ -554,14 +558,18 @@ def fill_data_services(params: dict) -> None:
 #   not active: kim (data connector 03-17), the anonymous row and the pod without user.
 # Renku 2 has no commits and no workflows: 0 users (0 %) in both weeks.
 R2_EXPECTED = [
+    ("2025-03-03", "collaborate", 0, 5, 0.0),  # Renku 2: no ownership source
     ("2025-03-03", "commit", 0, 5, 0.0),
     ("2025-03-03", "create_dataset", 1, 5, 20.0),  # ben
     ("2025-03-03", "run_workflow", 0, 5, 0.0),
     ("2025-03-03", "start_session", 2, 5, 40.0),  # ann, cid
+    ("2025-03-03", "start_shared_session", 0, 5, 0.0),
+    ("2025-03-10", "collaborate", 0, 6, 0.0),  # Renku 2: no ownership source
     ("2025-03-10", "commit", 0, 6, 0.0),
     ("2025-03-10", "create_dataset", 2, 6, 33.33),  # cid, ann
     ("2025-03-10", "run_workflow", 0, 6, 0.0),
     ("2025-03-10", "start_session", 3, 6, 50.0),  # dia, ann, eve
+    ("2025-03-10", "start_shared_session", 0, 6, 0.0),
 ]
 
 
@@ -646,7 +654,7 @@ def test_renku2_keycloak_and_data_services_to_weekly_metrics(tmp_path, postgres_
     assert_table(weekly_table(root, "renkuhub"), R2_EXPECTED)
     assert_table(weekly_table(root, "all"), R2_EXPECTED)
     metrics = read_metrics("week", storage=root)
-    assert len(metrics) == 16 and metrics["complete"].all() and (metrics["coverage_note"] == "").all()
+    assert len(metrics) == 24 and metrics["complete"].all() and (metrics["coverage_note"] == "").all()
     zero = metrics[metrics["metric"].isin(["commit", "run_workflow"])]
     assert (zero["users"] == 0).all() and (zero["pct"] == 0.0).all()
     denominators = read_active_users("week", storage=root)

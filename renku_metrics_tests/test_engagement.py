@@ -457,7 +457,11 @@ def test_materialize_engagement_assets(storage):
     warnings.filterwarnings("ignore", category=Warning, module="dagster")
     config = MetricsConfig("test", (ALPHA, BETA))
     assets = build_engagement_assets(config)
-    assert [a.key for a in assets["week"]] == [AssetKey("lifecycle_weekly"), AssetKey("retention_weekly")]
+    assert [a.key for a in assets["week"]] == [
+        AssetKey("lifecycle_weekly"),
+        AssetKey("retention_weekly"),
+        AssetKey("activation_weekly"),
+    ]
     assert [a.key for a in assets["month"]] == [AssetKey("lifecycle_monthly"), AssetKey("stickiness_monthly")]
     resources = {"metrics_storage": MetricsStorageResource(root=storage.root)}
     instance = DagsterInstance.ephemeral()
@@ -465,7 +469,7 @@ def test_materialize_engagement_assets(storage):
     week = materialize(assets["week"], partition_key=W[5].isoformat(), resources=resources, instance=instance)
     assert week.success
     checks = {(e.asset_key.path[-1], e.check_name): e.passed for e in week.get_asset_check_evaluations()}
-    assert len(checks) == 6 and all(checks.values()), checks
+    assert len(checks) == 9 and all(checks.values()), checks
     # retention for W5 also refreshed the earlier cohorts W0..W4 and recorded their materializations
     for k in range(6):
         assert storage.exists(metrics_key("retention_weekly", W[k]))

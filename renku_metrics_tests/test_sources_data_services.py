@@ -439,3 +439,44 @@ def test_registered_under_data_services():
     with pytest.raises(ConfigError, match="RENKU2_DSN is not set"):
         build_sources(config.deployment("renku2"), env={})
     assert set(build_sources(config.deployment("renku2"), env={"RENKU2_DSN": "host=db"})) == {"data_services"}
+
+
+# -- project ownership ------------------------------------------------------------------
+
+PROJECTS_DDL = """
+CREATE SCHEMA projects;
+CREATE TYPE projects.visibility AS ENUM ('private', 'public');
+CREATE TABLE projects.projects (
+    id            varchar(26) PRIMARY KEY,  -- ULID
+    name          varchar(99) NOT NULL,
+    visibility    projects.visibility NOT NULL,
+    created_by_id varchar NOT NULL,         -- Keycloak user id
+    description   varchar(500),
+    creation_date timestamptz NOT NULL DEFAULT now()
+);
+"""
+
+
+def test_project_owners_are_the_creators(db):
+    execute(db, PROJECTS_DDL)
+    p1, p2, gone = ulid(), ulid(), ulid()
+    execute(
+        db,
+        "INSERT INTO projects.projects (id, name, visibility, created_by_id) VALUES (%s, 'x', 'public', 'kc-ann'), "
+        "(%s, 'y', 'private', 'kc-ben')",
+        (p1, p2),
+    )
+    from renku_metrics.core.ownership import ProjectRecord
+
+    got = make_source(db, project_ownership=True).project_owners([p1, p2, gone])
+    assert got == {
+        p1: ProjectRecord(p1, md5("kc-ann"), None, "public"),
+        p2: ProjectRecord(p2, md5("kc-ben"), None, "private"),
+        gone: None,  # deleted
+    }
+    assert make_source(db).project_owners([p1]) == {p1: None}  # off by default
+
+
+def test_project_owners_without_the_table_name_it(db):
+    with pytest.raises(SourceError, match=r"projects\.projects.*table missing"):
+        make_source(db, project_ownership=True).project_owners([ulid()])

@@ -557,3 +557,78 @@ def test_a_new_branch_head_answering_404_is_retried_then_noted(gitlab):
     result = make_source(gitlab, max_retries=1).extract(WINDOW)
     assert not result.complete and result.events == []
     assert "commits of push event" in result.coverage_note and "(HTTP 404)" in result.coverage_note
+
+
+# -- project ownership ------------------------------------------------------------
+
+
+def test_project_owners_from_the_projects_api(gitlab):
+    from renku_metrics.core.ownership import ProjectRecord
+
+    gitlab.add_project(30, owner_id=ALICE, visibility="public")  # alice's personal namespace
+    gitlab.add_project(31, creator_id=BOB)  # a group project bob created
+    gitlab.add_project(32, owner_id=CAROL, forked_from=30)  # carol's fork (carol has no Keycloak identity)
+    gitlab.add_project(33, owner_id=BOB)
+    gitlab.gone_projects.add(33)  # deleted: 404
+    source = make_source(gitlab, project_ownership=True)
+    got = source.project_owners(["30", "31", "32", "33", "not-gitlab"])
+    assert got == {
+        "30": ProjectRecord("30", md5("kc-alice"), None, "public"),
+        "31": ProjectRecord("31", md5("kc-bob"), None, "private"),
+        "32": ProjectRecord("32", "gitlab:3", "30", "private"),
+        "33": None,
+        "not-gitlab": None,
+    }
+    # A transfer into bob's namespace: the next lookup names bob.
+    gitlab.set_namespace(30, BOB)
+    assert source.project_owners(["30"])["30"].owner == md5("kc-bob")
+    # Into a group: the creator (alice) is the owner again.
+    gitlab.set_namespace(30, None)
+    assert source.project_owners(["30"])["30"].owner == md5("kc-alice")
+    # Off by default: nothing is asked.
+    before = len(gitlab.requests)
+    assert make_source(gitlab).project_owners(["30"]) == {"30": None}
+    assert len(gitlab.requests) == before
+
+
+def test_collaboration_through_the_extract_with_a_transfer_and_a_fork(gitlab, tmp_path):
+    """Day D: bob commits to alice's project 40 and to his fork 41 of it, carol (who owns nothing
+    and has no Keycloak identity) commits to 40, alice to her own 40. Then alice transfers 40 to
+    bob. Day D+2: alice commits to 40 (now bob's), bob to 40 and to 41 (a fork of his own project)."""
+    from renku_metrics.core.config import Deployment
+    from renku_metrics.core.extract import extract_day
+    from renku_metrics.core.readers import read_events
+    from renku_metrics.core.storage import LocalStorage
+
+    gitlab.add_project(40, owner_id=ALICE, last_activity_at=at(days=-30))
+    gitlab.add_project(41, owner_id=BOB, forked_from=40, last_activity_at=at(days=-30))
+    gitlab.push(40, ALICE, at(9), ["Start"])
+    gitlab.push(40, BOB, at(10), ["Bob's fix"])
+    gitlab.push(41, BOB, at(11), ["Bob's fork work"])
+    gitlab.push(40, CAROL, at(12), ["Carol's fix"])
+    storage = LocalStorage(tmp_path / "data")
+    dep = Deployment(name="testdep", start_date=D, sources={})
+    source = make_source(gitlab, project_ownership=True, now=lambda: at(days=3))
+    first = extract_day(storage, dep, D, sources_by_type={"gitlab": source}, now=at(26))
+    gitlab.set_namespace(40, BOB)  # the transfer, on D+1
+    later = D + dt.timedelta(days=2)
+    gitlab.push(40, ALICE, at(9, days=2), ["Alice, now a guest"])
+    gitlab.push(40, BOB, at(10, days=2), ["Bob on his project"])
+    gitlab.push(41, BOB, at(11, days=2), ["Bob on his fork"])
+    extract_day(storage, dep, later, sources_by_type={"gitlab": source}, now=at(2, days=3))
+    extract_day(storage, dep, D, sources_by_type={"gitlab": source}, now=at(3, days=3))  # D again
+
+    events = read_events("testdep", storage=storage)
+    derived = events[events["action"] == "collaborate"]
+    got = sorted(zip(derived["occurred_at"].dt.date, derived["user_id"], derived["project_id"], strict=True))
+    assert got == sorted(
+        [
+            (D, md5("kc-bob"), "40"),  # alice's project then
+            (D, md5("kc-bob"), "41"),  # his own fork of alice's project
+            (D, "gitlab:3", "40"),  # carol owns nothing
+            (later, md5("kc-alice"), "40"),  # bob's project by then
+        ]
+    )
+    assert first.sources["gitlab"]["stats"]["derived_collaborate"] == 3
+    assert first.sources["gitlab"]["stats"]["ownership_projects"] == 2
+    assert (events["action"] == "commit").sum() == 7

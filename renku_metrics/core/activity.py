@@ -53,7 +53,7 @@ import pyarrow as pa
 
 from renku_metrics.core.config import Deployment
 from renku_metrics.core.coverage import DeploymentDays, day_status
-from renku_metrics.core.events import ACTIONS
+from renku_metrics.core.events import CORE_ACTIONS, KNOWN_ACTIONS
 from renku_metrics.core.layout import (
     changed_day_of_key,
     day_index_key,
@@ -80,9 +80,12 @@ USER_WEEKS_SCHEMA = pa.schema(
         pa.field("user_id", pa.string(), nullable=False),
         pa.field("days", pa.uint8(), nullable=False),  # bit i: active on Monday + i days
         pa.field("first_day", pa.date32(), nullable=False),
-        # bit 7 * a + i: did action ACTIONS[a] on Monday + i days (the per-action user sets of
+        # bit 7 * a + i: did action KNOWN_ACTIONS[a] on Monday + i days (the per-action user sets of
         # the week and of any month, for group metrics: core/value/groups.py)
         pa.field("action_days", pa.uint64(), nullable=False),
+        # bit i: a core action (CORE_ACTIONS) on Monday + i days; null in user weeks stored before
+        # the column existed (rebuilt from raw when a reader needs it, see ``user_weeks``).
+        pa.field("core_days", pa.uint8(), nullable=True),
     ]
 )
 FIRST_SEEN_SCHEMA = pa.schema(
@@ -168,10 +171,10 @@ def week_signature(deployment: Deployment, week: dt.date, days: dict[dt.date, tu
 
 
 def store_user_week(storage: Storage, name: str, week: dt.date, table: pa.Table, signature: str) -> pa.Table:
-    """Write one user week (columns user_id, days, first_day, action_days) with the signature of what it
-    was built from."""
+    """Write one user week (columns user_id, days, first_day, action_days, core_days) with the signature of
+    what it was built from."""
     table = _with_meta(
-        table.select(["user_id", "days", "first_day", "action_days"]).cast(USER_WEEKS_SCHEMA),
+        table.select(["user_id", "days", "first_day", "action_days", "core_days"]).cast(USER_WEEKS_SCHEMA),
         {
             "format": STATE_FORMAT,
             "signature": signature,
@@ -185,11 +188,18 @@ def store_user_week(storage: Storage, name: str, week: dt.date, table: pa.Table,
 # the ISO week as a bitmask (bit i: Monday + i days) and the first of them (UTC days).
 USER_DAYS_SQL = "CAST(bit_or(CAST(1 AS UTINYINT) << CAST(isodow(CAST({ts} AS DATE)) - 1 AS INTEGER)) AS UTINYINT)"
 USER_FIRST_DAY_SQL = "min(CAST({ts} AS DATE))"
-# Each action's days as one bitmask: bit 7 * a + i for ACTIONS[a] on Monday + i days.
+# Each action's days as one bitmask: bit 7 * a + i for KNOWN_ACTIONS[a] on Monday + i days.
 USER_ACTION_DAYS_SQL = (
     "coalesce(bit_or(CAST(1 AS UBIGINT) << CAST(7 * (CASE {action} "
-    + " ".join(f"WHEN '{a}' THEN {i}" for i, a in enumerate(ACTIONS))
+    + " ".join(f"WHEN '{a}' THEN {i}" for i, a in enumerate(KNOWN_ACTIONS))
     + " END) + isodow(CAST({ts} AS DATE)) - 1 AS INTEGER)), CAST(0 AS UBIGINT))"
+)
+# The days of the week with a core action (``CORE_ACTIONS``), 0 when none; ``{action}`` is the
+# action column.
+USER_CORE_DAYS_SQL = (
+    "coalesce(CAST(bit_or(CAST(1 AS UTINYINT) << CAST(isodow(CAST({ts} AS DATE)) - 1 AS INTEGER)) "
+    "FILTER (WHERE {action} IN (" + ", ".join(f"'{a}'" for a in CORE_ACTIONS) + ")) AS UTINYINT), "
+    "CAST(0 AS UTINYINT))"
 )
 
 
@@ -270,6 +280,11 @@ def load_day_index(storage: Storage, deployment: Deployment) -> dict[dt.date, Da
     return index
 
 
+def _lacks_core_days(table: pa.Table) -> bool:
+    """Whether a user week was stored before ``core_days`` existed (its column is null)."""
+    return table.num_rows > 0 and table.column("core_days").null_count > 0
+
+
 @dataclass
 class DeploymentActivity:
     """The derived state of one deployment, loaded and refreshed once per run."""
@@ -319,18 +334,28 @@ class DeploymentActivity:
     def history_weeks(self) -> list[dt.date]:
         return sorted({week_start(d) for d, r in self._history_days().items() if r[1]})
 
-    def user_weeks(self, weeks: Iterable[dt.date]) -> pa.Table:
-        """Users active in the given ISO weeks: columns week, user_id, days, first_day (rebuilt if stale)."""
+    def user_weeks(self, weeks: Iterable[dt.date], core_days: bool = False) -> pa.Table:
+        """Users active in the given ISO weeks: columns user_id, days, first_day, core_days, week
+        (rebuilt if stale). With ``core_days``, a user week stored before that column existed is
+        rebuilt from raw too; otherwise its ``core_days`` are null."""
         weeks = sorted(set(weeks))
         signatures = {w: self._signature(w) for w in weeks}
         missing = []
         for week in weeks:
             sig = signatures[week]
-            if sig is None or week in self._weeks:
+            if sig is None or (week in self._weeks and not (core_days and _lacks_core_days(self._weeks[week]))):
                 continue
             table = _read_state(self.storage, user_weeks_key(self.name, week))
-            # A user week written before action_days existed is rebuilt like a stale one.
-            if table is not None and _meta_of(table).get("signature") == sig and "action_days" in table.column_names:
+            # A user week written before action_days existed is rebuilt like a stale one; one written
+            # before core_days existed reads it as null (rebuilt when activation needs it).
+            if table is not None and "core_days" not in table.schema.names:
+                table = table.append_column("core_days", pa.nulls(table.num_rows, pa.uint8()))
+            if (
+                table is not None
+                and _meta_of(table).get("signature") == sig
+                and "action_days" in table.column_names
+                and not (core_days and _lacks_core_days(table))
+            ):
                 self._weeks[week] = table.cast(USER_WEEKS_SCHEMA)
             else:
                 missing.append(week)
@@ -357,11 +382,13 @@ class DeploymentActivity:
             built = con.sql(
                 """
                 SELECT CAST(date_trunc('week', occurred_at) AS DATE) AS week, user_id,
-                       {days} AS days, {first_day} AS first_day, {action_days} AS action_days
+                       {days} AS days, {first_day} AS first_day, {action_days} AS action_days,
+                       {core_days} AS core_days
                 FROM read_parquet($paths) GROUP BY ALL ORDER BY week, user_id
                 """.replace("{days}", USER_DAYS_SQL.format(ts="occurred_at"))
                 .replace("{first_day}", USER_FIRST_DAY_SQL.format(ts="occurred_at"))
-                .replace("{action_days}", USER_ACTION_DAYS_SQL.format(ts="occurred_at", action="action")),
+                .replace("{action_days}", USER_ACTION_DAYS_SQL.format(ts="occurred_at", action="action"))
+                .replace("{core_days}", USER_CORE_DAYS_SQL.format(ts="occurred_at", action="action")),
                 params={"paths": paths},
             ).to_arrow_table()
         week_col = built.column("week").to_pylist()

@@ -34,6 +34,7 @@ import pandas as pd
 
 from renku_metrics.core.activity import (
     USER_ACTION_DAYS_SQL,
+    USER_CORE_DAYS_SQL,
     USER_DAYS_SQL,
     USER_FIRST_DAY_SQL,
     day_versions,
@@ -177,6 +178,9 @@ def aggregate_periods(
         + " AS first_day, "
         + USER_ACTION_DAYS_SQL.format(ts="e.occurred_at", action="e.action")
         + " AS action_days"
+        + ", "
+        + USER_CORE_DAYS_SQL.format(ts="e.occurred_at", action="e.action")
+        + " AS core_days"
         if versions is not None
         else ""
     )
@@ -283,7 +287,7 @@ def _store_user_weeks(
 ) -> None:
     """Store the user weeks of the scanned weeks (from the ``reduced`` rows) as the derived state."""
     rows = con.sql(
-        "SELECT deployment, p, user_id, days, first_day, action_days FROM reduced ORDER BY deployment, p, user_id"
+        "SELECT deployment, p, user_id, days, first_day, action_days, core_days FROM reduced ORDER BY deployment, p, user_id"
     ).to_arrow_table()
     groups: dict[tuple[str, dt.date], list[int]] = {}
     for i, key in enumerate(zip(rows.column("deployment").to_pylist(), rows.column("p").to_pylist(), strict=True)):

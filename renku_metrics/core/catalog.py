@@ -22,7 +22,7 @@ from pydantic import (
     ValidationError,
 )
 
-from renku_metrics.core.events import ACTIONS
+from renku_metrics.core.events import KNOWN_ACTIONS
 from renku_metrics.core.validation import YamlError, load_yaml, not_blank, one_line
 
 CATALOG_FILE = Path(__file__).with_name("catalog.yaml")
@@ -77,7 +77,7 @@ class MetricEntry(BaseModel):
     id: Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]*$")]
     title: _Text
     description: _Text
-    actions: Annotated[list[Literal[ACTIONS]], Field(min_length=1)]
+    actions: Annotated[list[Literal[KNOWN_ACTIONS]], Field(min_length=1)]
     owner: _Text
     status: Literal[STATUSES]
     sources: Annotated[dict[Literal[GENERATIONS], _Text], Field(min_length=1)]
@@ -90,8 +90,8 @@ _METRIC_MESSAGES = {
     "title": "field 'title' must be non-empty text, got {got}",
     "description": "field 'description' must be non-empty text, got {got}",
     "owner": "field 'owner' must be non-empty text, got {got}",
-    "actions": f"field 'actions' must be a non-empty list of {ACTIONS}",
-    "actions[]": f"field 'actions' has unknown action {{got}} (known: {', '.join(ACTIONS)})",
+    "actions": f"field 'actions' must be a non-empty list of {KNOWN_ACTIONS}",
+    "actions[]": f"field 'actions' has unknown action {{got}} (known: {', '.join(KNOWN_ACTIONS)})",
     "status": f"field 'status' must be one of {STATUSES}, got {{got}}",
     "sources": f"field 'sources' must map {GENERATIONS} to text",
     "sources[]": f"field 'sources' has bad entry {{item!r}} (allowed keys {GENERATIONS}, text values)",

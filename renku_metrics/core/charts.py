@@ -235,4 +235,41 @@ def target_chart(rows: pd.DataFrame, title: str, releases: pd.DataFrame | None =
     fig.suptitle(title, fontsize=11)
     fig.autofmt_xdate()
     fig.tight_layout()
+
+
+def activation_chart(frame: pd.DataFrame, title: str) -> Figure:
+    """Activation of each week's new users (rows of ``read_activation``): one panel per deployment
+    (``all`` first), one line per window (core action within 7 and within 28 days, % of the
+    cohort) over the cohort weeks; cohorts not yet final hollow, joined by a dashed line."""
+    deployments = list(dict.fromkeys(frame["deployment"])) or ["(no data)"]
+    deployments.sort(key=lambda d: d != "all")
+    windows = [(c, f"within {c.split('_')[1][:-1]} days") for c in ("activation_7d", "activation_28d") if c in frame]
+    fig = Figure(figsize=(10, 2.4 * len(deployments) + 0.9), dpi=80)
+    axes = fig.subplots(len(deployments), 1, sharex=True, squeeze=False)[:, 0]
+    for ax, deployment in zip(axes, deployments, strict=True):
+        rows = frame[frame["deployment"] == deployment].sort_values("period_start")
+        x = pd.to_datetime(rows["period_start"])
+        done = rows["complete"].astype(bool).to_numpy()
+        for i, (col, label) in enumerate(windows):
+            y = rows[col].astype("float64")
+            ax.plot(x, y.where(done), marker="o", ms=3, color=f"C{i}", label=label)
+            ax.plot(x, y, ls="--", color=f"C{i}", alpha=0.6)
+            ax.plot(x[~done], y[~done], ls="none", marker="o", ms=5, mfc="white", mec=f"C{i}")
+        ax.set_title(deployment, loc="left", fontsize=10)
+        ax.set_ylabel("% of new users")
+        ax.set_ylim(0, 100)
+        ax.grid(alpha=0.3)
+    axes[0].legend(loc="lower left", bbox_to_anchor=(0, 1.08), ncol=2, frameon=False)
+    fig.suptitle(title, fontsize=11)
+    fig.text(
+        0.99,
+        0.005,
+        "hollow: cohort not final (windows still open or data incomplete)",
+        ha="right",
+        va="bottom",
+        fontsize=8,
+        color="0.4",
+    )
+    fig.autofmt_xdate()
+    fig.tight_layout(rect=(0, 0.02, 1, 1))
     return fig

@@ -176,8 +176,11 @@ def _load(
     first_seen: bool,
     keep: str = "true",
     materialize: bool = False,
+    core: bool = False,
 ) -> None:
-    """Tables ``fs`` (first seen, with ``all``) and ``act`` (activity of the spans), excluded users left out."""
+    """Tables ``fs`` (first seen, with ``all``) and ``act`` (activity of the spans), excluded users left out.
+
+    With ``core``, ``act`` holds the days with a core action instead of the active days."""
     excluded = [(name, key) for name, st in states.items() for key in st.deployment.excluded_user_keys()]
     con.register("excluded", pd.DataFrame(excluded, columns=["deployment", "user_id"], dtype="object"))
     if first_seen:
@@ -197,9 +200,14 @@ def _load(
         weeks.setdefault(name, set()).add(week)
     parts = []
     for name, st in states.items():
-        table = st.user_weeks(weeks.get(name, ()))
+        table = st.user_weeks(weeks.get(name, ()), core_days=core)
         parts.append(table.append_column("deployment", pa.array([name] * table.num_rows, pa.string())))
-    uw_raw = pa.concat_tables(parts).select(["deployment", "week", "user_id", "days"]) if parts else _EMPTY_UW
+    bits = "core_days" if core else "days"
+    uw_raw = (
+        pa.concat_tables(parts).select(["deployment", "week", "user_id", bits]).rename_columns(_EMPTY_UW.schema.names)
+        if parts
+        else _EMPTY_UW
+    )
     con.register("uw_raw", uw_raw)
     con.execute(_LOAD_USER_WEEKS.replace("{keep}", keep))
     con.register(
@@ -611,6 +619,142 @@ def retention(
     for k in range(1, weeks + 1):
         frame[retained_column(k)] = frame[retained_column(k)].astype("Int64")
         frame[retention_column(k)] = pd.to_numeric(frame[retention_column(k)], errors="coerce").astype("float64")
+    for col in ("history_complete", "complete"):
+        frame[col] = frame[col].astype(bool)
+    return _finish(frame, now, ["period_start", "period_end", "observed_until"])
+
+
+# --------------------------------------------------------------------------- activation
+
+# A new user is activated within N days when they did a core action (``CORE_ACTIONS``) on one of
+# the N days starting with the day they were first seen (day 0 .. N-1).
+ACTIVATION_DAYS = (7, 28)
+
+_ACTIVATION_SQL = """
+WITH cohort AS (
+    SELECT f.deployment, f.user_id, f.first_day, t.period_start
+    FROM fs f JOIN targets t ON f.first_day >= t.period_start AND f.first_day < t.cohort_end
+),
+core AS (
+    SELECT DISTINCT deployment, user_id, week + CAST(i AS INTEGER) AS day
+    FROM act, range(7) r(i) WHERE bits & CAST(1 << i AS UTINYINT) != 0
+),
+waited AS (
+    SELECT c.period_start, c.deployment, c.user_id, min(k.day - c.first_day) AS days_to_core
+    FROM cohort c
+    LEFT JOIN core k ON k.deployment = c.deployment AND k.user_id = c.user_id AND k.day >= c.first_day
+    GROUP BY c.period_start, c.deployment, c.user_id
+)
+SELECT period_start, deployment, count(*) AS cohort_users{windows}
+FROM waited GROUP BY ALL
+"""
+
+
+def activated_column(days: int) -> str:
+    return f"activated_{days}d"
+
+
+def activation_column(days: int) -> str:
+    return f"activation_{days}d"
+
+
+def activation(
+    storage: Storage,
+    deployments: Sequence[Deployment],
+    start: dt.date | Iterable[dt.date],
+    now: dt.datetime,
+    warmup_weeks: int = HISTORY_WARMUP_WEEKS,
+) -> pd.DataFrame:
+    """Activation of new users, one row per cohort week W (a Monday) and deployment, plus ``all``.
+
+    The cohort of W: users whose first seen day f lies in W (as in ``retention``).
+    ``activated_Nd`` (N = 7, 28) is how many of them did a core action (commit,
+    dataset creation, workflow run, session start; a login is not one) on one of
+    the days f .. f+N-1, and ``activation_Nd`` = 100 * activated_Nd / cohort_users.
+    Both are null until N days after W has ended (then every cohort user's window
+    has ended), the percentage also when the cohort is empty. ``observed_until``
+    is W + 7 + 28 days: ``complete`` is true only from then on, with all of
+    W .. observed_until extracted in full and ``history_complete`` for W. For
+    ``all``, a user is new when first seen on any deployment and activated by a
+    core action on any deployment (the identity rule of ``aggregate.py``).
+    Columns: deployment, period, period_start, period_end, cohort_users,
+    activated_7d, activated_28d, activation_7d, activation_28d, observed_until,
+    history_weeks, history_complete, complete, coverage_note, computed_at.
+
+    Reads first seen and the core days of the user weeks W .. W+4 (the 28 days of
+    a user first seen on W's Sunday end in W+4) from the derived state.
+    """
+    starts = _as_list(start)
+    for s in starts:
+        period_bounds("week", s)
+    today = _today(now)
+    longest = max(ACTIVATION_DAYS)
+    span = dt.timedelta(days=7 + longest)
+    last_end = max(starts) + span
+    measured_all = _measured(deployments, max(starts) + dt.timedelta(days=7))
+    con = _connect()  # closed below; the derived state uses it too
+    states = _states(storage, measured_all, con)
+    index = _day_index(states, min(last_end, today))
+    # The core days of W .. W+4 of every cohort (up to yesterday), each user week read once.
+    weeks = sorted({s + dt.timedelta(days=d) for s in starts for d in range(0, 7 + longest - 1, 7)})
+    spans = [
+        row for w in weeks if w < today for row in _spans(states, w, "core", w, min(w + dt.timedelta(days=7), today))
+    ]
+    windows = "".join(f", count(*) FILTER (WHERE days_to_core < {n}) AS {activated_column(n)}" for n in ACTIVATION_DAYS)
+    try:
+        cohort_end = [min(s + dt.timedelta(days=7), today) for s in starts]
+        con.register("targets", pd.DataFrame({"period_start": starts, "cohort_end": cohort_end}))
+        keep = (
+            "u.user_id IN (SELECT f.user_id FROM fs_raw f JOIN targets t "
+            "ON f.first_day >= t.period_start AND f.first_day < t.cohort_end)"
+        )
+        _load(con, states, spans, first_seen=True, keep=keep, core=True)
+        got = con.execute(_ACTIVATION_SQL.replace("{windows}", windows)).df()
+    finally:
+        con.close()
+    got["period_start"] = pd.to_datetime(got["period_start"]).dt.date
+    counts = {(r["period_start"], r["deployment"]): r for r in got.to_dict("records")}
+
+    rows = []
+    for s in starts:
+        end = s + dt.timedelta(days=7)
+        observed_until = s + span
+        ended = today >= observed_until
+        parts, history = {}, {}
+        for d in _measured(deployments, end):
+            days = index[d.name]
+            seen_until = min(observed_until, today)
+            cov = days.coverage(s, seen_until, today) if seen_until > s else None
+            hist = days.history(s, warmup_weeks)
+            history[d.name] = hist
+            notes = []
+            if not ended:
+                notes.append(f"the {longest}-day windows of this cohort end by {observed_until.isoformat()}")
+            if cov is not None and cov.note(True):
+                notes.append(f"{s.isoformat()}..{(seen_until - dt.timedelta(days=1)).isoformat()}: {cov.note(True)}")
+            notes.extend(hist.notes)
+            covered = cov is not None and cov.is_complete(True)
+            parts[d.name] = (ended and covered and hist.complete, "; ".join(notes))
+        all_complete, all_note = _combine(parts)
+        for name in [*parts, ALL_DEPLOYMENTS]:
+            got_row = counts.get((s, name))
+            cohort = int(got_row["cohort_users"]) if got_row else 0
+            row = {"deployment": name, "period": "week", "period_start": s, "period_end": end, "cohort_users": cohort}
+            for n in ACTIVATION_DAYS:
+                observed = today >= end + dt.timedelta(days=n)
+                row[activated_column(n)] = (int(got_row[activated_column(n)]) if got_row else 0) if observed else None
+            for n in ACTIVATION_DAYS:
+                value = row[activated_column(n)]
+                row[activation_column(n)] = round(100.0 * value / cohort, 2) if value is not None and cohort else None
+            row["observed_until"] = observed_until
+            row.update(_history_fields(name, history, parts, all_complete, all_note))
+            rows.append(row)
+    frame = pd.DataFrame(rows)
+    for col in ("cohort_users", "history_weeks"):
+        frame[col] = frame[col].astype("int64")
+    for n in ACTIVATION_DAYS:
+        frame[activated_column(n)] = frame[activated_column(n)].astype("Int64")
+        frame[activation_column(n)] = pd.to_numeric(frame[activation_column(n)], errors="coerce").astype("float64")
     for col in ("history_complete", "complete"):
         frame[col] = frame[col].astype(bool)
     return _finish(frame, now, ["period_start", "period_end", "observed_until"])

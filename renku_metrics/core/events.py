@@ -14,7 +14,8 @@ user_id             str, not null. Pseudonymous user key: md5 hex of the Keycloa
                     user id (the key Renku's own product analytics uses). A GitLab
                     author that cannot be mapped to Keycloak is kept as
                     ``gitlab:<gitlab user id>``. Never an email, a name or an IP.
-action              str, not null. One of ``ACTIONS``.
+action              str, not null. One of ``ACTIONS``, or of ``DERIVED_ACTIONS`` (added by
+                    the extract from project ownership, see ``renku_metrics.core.ownership``).
 project_id          str, nullable. Upstream project id (GitLab project id, Renku 2
                     project ULID), as text.
 project_visibility  str, nullable. ``public``, ``internal`` or ``private`` where known.
@@ -35,6 +36,15 @@ import pandas as pd
 import pyarrow as pa
 
 ACTIONS = ("login", "commit", "create_dataset", "run_workflow", "start_session")
+# The core actions of the pitch (every action but a login): what "activated" means in the
+# activation view (renku_metrics.core.engagement.activation).
+CORE_ACTIONS = ("commit", "create_dataset", "run_workflow", "start_session")
+# Actions the extract derives from who owned the event's project on its day
+# (renku_metrics.core.ownership): a ``commit`` to a project the user does not own, or to a fork
+# of a project they do not own, adds a ``collaborate`` event; a ``start_session`` on a project
+# the user does not own adds a ``start_shared_session`` event (same user, time and project).
+DERIVED_ACTIONS = ("collaborate", "start_shared_session")
+KNOWN_ACTIONS = ACTIONS + DERIVED_ACTIONS
 VISIBILITIES = ("public", "internal", "private")
 
 EVENT_SCHEMA = pa.schema(
@@ -232,7 +242,7 @@ def validate_events(
     start, end = pd.Timestamp(window.start), pd.Timestamp(window.end)
     flag(~((frame["occurred_at"] >= start) & (frame["occurred_at"] < end)), "occurred_at outside the window")
     flag(~frame["user_id"].astype("string").str.match(_USER_ID), "missing or malformed user_id")
-    flag(~frame["action"].isin(ACTIONS), "unknown action")
+    flag(~frame["action"].isin(KNOWN_ACTIONS), "unknown action")
     flag(
         frame["project_visibility"].notna() & ~frame["project_visibility"].isin(VISIBILITIES),
         "unknown project_visibility",

@@ -38,6 +38,7 @@ from renku_metrics.core.config import Deployment
 from renku_metrics.core.errors import ConfigError
 from renku_metrics.core.events import (
     ACTIONS,
+    DERIVED_ACTIONS,
     RejectedRecord,
     TimeWindow,
     events_frame,
@@ -55,6 +56,7 @@ from renku_metrics.core.layout import (
     withheld_key,
 )
 from renku_metrics.core.manifest import Manifest
+from renku_metrics.core.ownership import add_ownership_actions
 from renku_metrics.core.raw_checks import table_violations
 from renku_metrics.core.sources import source_module
 from renku_metrics.core.sources.base import SourceError
@@ -253,7 +255,9 @@ def _give_up_to_earlier_day(storage: Storage, deployment: str, later: dt.date, i
         manifest.row_count = int(len(kept))
         manifest.users = int(kept["user_id"].nunique()) if len(kept) else 0
         counts = kept["action"].value_counts()
-        manifest.by_action = {a: int(counts.get(a, 0)) for a in ACTIONS}
+        manifest.by_action = {a: int(counts.get(a, 0)) for a in ACTIONS} | {
+            a: int(n) for a, n in counts.items() if a in DERIVED_ACTIONS and n
+        }
         manifest.repeated_from_earlier_days += removed
         manifest.write(storage)
     return removed
@@ -391,6 +395,13 @@ def extract_day(
     candidates = pd.concat(frames, ignore_index=True) if frames else events_frame([])
     valid, invalid = validate_events(candidates, window, deployment.name)
     rejected.extend(invalid)
+    # Derived actions from who owned each project on this day (renku_metrics.core.ownership).
+    try:
+        valid, owner_source, owner_stats = add_ownership_actions(storage, deployment.name, day, valid, built)
+    except SourceError as exc:
+        raise SourceError(f"{exc} (looking up project owners for day {day})") from exc
+    if owner_source is not None:
+        sources[owner_source]["stats"].update(owner_stats)
     # The same upstream record can surface again on a later day (a commit pushed to a
     # branch, then fast-forwarded onto master by someone else): the earliest day wins,
     # whatever order the days are extracted in.
@@ -421,7 +432,7 @@ def extract_day(
     if not rejected:
         storage.delete(rkey)  # a rerun that rejects nothing must not leave old rejects behind
     by_action = {a: int(n) for a, n in valid["action"].value_counts().items()} if len(valid) else {}
-    by_action = {a: by_action.get(a, 0) for a in ACTIONS}
+    by_action = {a: by_action.get(a, 0) for a in ACTIONS} | {a: n for a, n in by_action.items() if a in DERIVED_ACTIONS}
     incomplete = [
         f"{name}: {info['coverage_note'] or 'window not fully read'}"
         for name, info in sources.items()

@@ -168,3 +168,9 @@ def releases_key() -> str:
 
 def release_impact_key() -> str:
     return f"{metrics_prefix('release_impact')}release_impact.parquet"
+
+
+def projects_key(deployment: str, day: dt.date) -> str:
+    """The project-ownership snapshot the extract of ``day`` used (ids and user keys only):
+    ``projects/deployment=<name>/date=YYYY-MM-DD/projects.parquet``."""
+    return f"projects/deployment={deployment}/date={day.isoformat()}/projects.parquet"

@@ -233,3 +233,15 @@ def read_release_impact(
     if deployment is not None:
         frame = frame[frame["deployment"] == deployment]
     return frame.reset_index(drop=True)
+
+
+def read_activation(storage: Storage | str | None = None, complete_only: bool = False) -> pd.DataFrame:
+    """Weekly activation of new users, one row per cohort week (period_start) and deployment:
+    cohort_users, activated_7d, activated_28d (users, nullable), activation_7d, activation_28d
+    (percent of the cohort; null until 7 / 28 days after the cohort week ended), observed_until,
+    history_weeks, history_complete, complete, coverage_note, computed_at."""
+    frame = _table("activation", "week", storage, complete_only, ["period_start", "deployment"])
+    for col in frame.columns:
+        if col.startswith("activated_"):
+            frame[col] = frame[col].astype("Int64")
+    return _dates(frame, ("observed_until",))

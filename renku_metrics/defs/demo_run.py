@@ -274,8 +274,36 @@ def main(argv: list[str] | None = None) -> int:
 
     print_targets(storage)
     print_verdicts(storage)
+    print_activation(storage, args.today)
     print(f"\nData under {storage.root}; `make dev` opens the UI with these runs.")
     return 0
+
+
+def print_activation(storage, today: dt.date) -> None:
+    """The latest complete activation cohort; without one, the latest cohort whose 28-day
+    windows had ended by ``today`` (all their days extracted), marked provisional with the reason."""
+    from renku_metrics.core.readers import read_activation
+
+    frame = read_activation(storage=storage)
+    observed = frame[frame["activated_28d"].notna() & (frame["observed_until"] <= today)] if not frame.empty else frame
+    if observed.empty:
+        print("\nActivation: no cohort week has reached the end of its 28-day windows yet.")
+        return
+    complete = observed[observed["complete"]]
+    start = (complete if not complete.empty else observed)["period_start"].max()
+    rows = observed[observed["period_start"] == start]
+    state = "complete" if rows["complete"].all() else "PROVISIONAL (not final)"
+    print(f"\nActivation of new users, cohort week {start} ({state}): share with a core action within 7 / 28 days")
+
+    def pct(value) -> str:
+        return "    -" if pd.isna(value) else f"{value:5.1f}%"
+
+    for r in rows.itertuples():
+        note = "" if r.complete else f"  [{r.coverage_note[:100]}]"
+        print(
+            f"  {r.deployment:<12} {r.cohort_users:>6} new users: {pct(r.activation_7d)} within 7 days, "
+            f"{pct(r.activation_28d)} within 28 days{note}"
+        )
 
 
 if __name__ == "__main__":

@@ -23,7 +23,9 @@ Behaviour (SOURCES.md and the GitLab API docs):
   revision range ``a..b``; default branch if absent), ``all=true`` (every
   branch), ``since``/``until`` (inclusive, on the committed date), newest first.
   Offset paging without any totals: ``x-next-page`` is empty on the last page.
-* ``GET /api/v4/projects/:id``: the project record; 404 once it is deleted.
+* ``GET /api/v4/projects/:id``: the project record; 404 once it is deleted. As for an
+  admin: ``namespace`` (``kind`` "user" or "group"), ``owner`` (personal namespaces
+  only), ``creator_id`` and, for a fork, ``forked_from_project``.
 * ``GET /api/v4/users/:id``: ``identities`` and the ``bot`` flag as an admin
   sees them; 404 for unknown users.
 * Pushing more than three branches at once makes one bulk push event:
@@ -122,8 +124,13 @@ class GitLabSimulator(SimulatorServer):
         default_branch: str | None = "master",
         last_activity_at: dt.datetime | None = None,
         path: str | None = None,
+        creator_id: int | None = None,
+        owner_id: int | None = None,
+        forked_from: int | None = None,
     ) -> dict[str, Any]:
-        path = path or f"group/project-{id}"
+        """A project; with ``owner_id`` it lies in that user's personal namespace (``namespace.kind``
+        "user" and an ``owner`` object, as GitLab shows them), else in a group (no ``owner``)."""
+        path = path or (f"user-{owner_id}/project-{id}" if owner_id is not None else f"group/project-{id}")
         project = {
             "id": id,
             "name": path.rsplit("/", 1)[-1],
@@ -133,10 +140,36 @@ class GitLabSimulator(SimulatorServer):
             "archived": False,
             "created_at": "2020-01-01T00:00:00.000Z",
             "last_activity_at": iso_ms_z(last_activity_at) if last_activity_at else "2020-01-01T00:00:00.000Z",
+            "creator_id": creator_id if creator_id is not None else (owner_id if owner_id is not None else 1),
         }
         self.projects[id] = project
+        self.set_namespace(id, owner_id)
+        if forked_from is not None:
+            upstream = self.projects[forked_from]
+            project["forked_from_project"] = {
+                "id": forked_from,
+                "name": upstream["name"],
+                "path_with_namespace": upstream["path_with_namespace"],
+            }
         self.repos[id] = Repository()
         return project
+
+    def set_namespace(self, project_id: int, owner_id: int | None) -> None:
+        """Move a project into ``owner_id``'s personal namespace, or (None) into a group: a transfer."""
+        project = self.projects[project_id]
+        project.pop("owner", None)
+        if owner_id is None:
+            project["namespace"] = {"id": 9000, "name": "group", "path": "group", "kind": "group", "full_path": "group"}
+            return
+        username = self.users[owner_id]["username"] if owner_id in self.users else f"user-{owner_id}"
+        project["namespace"] = {
+            "id": 10000 + owner_id,
+            "name": username,
+            "path": username,
+            "kind": "user",
+            "full_path": username,
+        }
+        project["owner"] = {"id": owner_id, "username": username, "name": f"Name of {username}", "state": "active"}
 
     def touch_activity(self, project_id: int, at: dt.datetime) -> None:
         """GitLab's ``last_activity_at``: moved forward at most once an hour."""

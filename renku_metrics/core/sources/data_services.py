@@ -42,7 +42,15 @@ import psycopg2.errors
 import psycopg2.extensions
 
 from renku_metrics.core.errors import ConfigError
-from renku_metrics.core.events import RejectedRecord, SourceResult, TimeWindow, make_event_id, pseudonymize_user
+from renku_metrics.core.events import (
+    VISIBILITIES,
+    RejectedRecord,
+    SourceResult,
+    TimeWindow,
+    make_event_id,
+    pseudonymize_user,
+)
+from renku_metrics.core.ownership import ProjectRecord
 from renku_metrics.core.sources.base import SettingsBase, SourceError, read_secret
 
 SOURCE_NAME = "data_services"
@@ -86,6 +94,11 @@ WHERE "timestamp" >= %(start)s
 ORDER BY "timestamp", id
 """
 
+PROJECTS_TABLE = "projects.projects"
+_PROJECT_OWNERS_SQL = """
+SELECT id::text, created_by_id, visibility::text FROM projects.projects WHERE id::text = ANY(%(ids)s)
+"""
+
 _METRICS_OLDEST_SQL = """
 SELECT min("timestamp") FROM metrics.metrics
 """
@@ -107,6 +120,9 @@ class Settings(SettingsBase):
     # Off for deployments that drain the staging table continuously and accept
     # that Renku 2 data connectors are not counted (it would always be incomplete).
     read_metrics_table: bool = True
+    # Read who created each project of the day's session starts from projects.projects
+    # (needs SELECT on it): feeds start_shared_session (renku_metrics.core.ownership).
+    project_ownership: bool = False
 
     def validate(self, where: str) -> None:
         if self.sslmode is not None and self.sslmode not in _SSLMODES:
@@ -321,3 +337,23 @@ class Source:
                 f"{METRICS_TABLE} may already be drained for this window ({since}): data connectors "
                 "created before it were sent to PostHog and deleted, and are missing"
             )
+
+    # -- project ownership (renku_metrics.core.ownership) --------------------------
+
+    def project_owners(self, project_ids: list[str]) -> dict[str, ProjectRecord | None]:
+        """The creator (``created_by_id``, a Keycloak id, as its md5 user key) and visibility of each
+        project in ``projects.projects``; None for ids not there (deleted). Renku 2 projects have
+        no forks. Without ``project_ownership`` in the settings nothing is read."""
+        if not self.settings.project_ownership or not project_ids:
+            return {p: None for p in project_ids}
+        with self.transaction() as cur:
+            rows = self._query(cur, PROJECTS_TABLE, _PROJECT_OWNERS_SQL, {"ids": list(project_ids)})
+        found = {
+            pid: ProjectRecord(
+                project_id=pid,
+                owner=pseudonymize_user(creator) if isinstance(creator, str) and creator.strip() else None,
+                visibility=visibility if visibility in VISIBILITIES else None,
+            )
+            for pid, creator, visibility in rows
+        }
+        return {p: found.get(p) for p in project_ids}

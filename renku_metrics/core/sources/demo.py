@@ -31,6 +31,7 @@ import numpy as np
 import pandas as pd
 
 from renku_metrics.core.events import EVENT_COLUMNS, SourceResult, TimeWindow, make_event_id, pseudonymize_user
+from renku_metrics.core.ownership import ProjectRecord
 from renku_metrics.core.periods import weeks_ago_date
 from renku_metrics.core.sources.base import SettingsBase
 
@@ -55,6 +56,7 @@ class Settings(SettingsBase):
     team_changes_to: dt.date = dt.date(2026, 10, 31)
     session_boost: float = 1.0  # planted release effect on session starts (1.0: none)
     session_boost_weeks_ago: int | None = None
+    project_ownership: bool = True  # answer project_owners (see Source.project_owners)
 
 
 @dataclass(frozen=True)
@@ -349,6 +351,37 @@ class Source:
         day_text = day.isoformat()
         frame["event_id"] = [make_event_id(self.deployment, SOURCE_NAME, day_text, i) for i in seq]
         return frame.loc[:, list(EVENT_COLUMNS)]
+
+    def project_owners(self, project_ids: list[str]) -> dict[str, ProjectRecord | None]:
+        """Deterministic ownership of the demo's projects (user i's project slots j = 0..k-1):
+        the last slot is a fork, owned by user i, of the first project of user i+1; the slot
+        before it (with 3 or more slots) is owned by user i+1, whom user i collaborates with;
+        the others are user i's own. The bot's project 999 is the bot's. Other ids: unknown."""
+        s = self.settings
+        if not s.project_ownership:
+            return {p: None for p in project_ids}
+        pop = build_population(s)
+        n, k = pop.projects.shape
+        out: dict[str, ProjectRecord | None] = {}
+        for project_id in project_ids:
+            if project_id == "999" and s.bot:
+                out[project_id] = ProjectRecord("999", pseudonymize_user(DEMO_BOT_KEYCLOAK_ID), None, "internal")
+                continue
+            number = int(project_id) - 1000 if project_id.isdigit() else -1
+            if not 0 <= number < n * k:
+                out[project_id] = None
+                continue
+            user, slot = divmod(number, k)
+            partner = (user + 1) % n
+            owner, upstream = user, None
+            if slot == k - 1 and k >= 2:
+                upstream = str(1000 + partner * k)
+            elif slot == k - 2 and k >= 3:
+                owner = partner
+            out[project_id] = ProjectRecord(
+                project_id, str(pop.user_keys[owner]), upstream, pop.project_visibility[int(project_id)]
+            )
+        return out
 
 
 def settings_with(settings: Settings, **changes) -> Settings:

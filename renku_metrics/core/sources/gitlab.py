@@ -74,6 +74,7 @@ from renku_metrics.core.events import (
     make_event_id,
     pseudonymize_user,
 )
+from renku_metrics.core.ownership import ProjectRecord
 from renku_metrics.core.sources.base import SettingsBase, read_secret
 from renku_metrics.core.sources.http import (
     HeaderAuth,
@@ -117,6 +118,10 @@ class Settings(SettingsBase):
     max_retries: int = 5
     backoff_seconds: float = 1.0
     max_backoff_seconds: float = 60.0
+    # Look up the owner of every project with commits or session starts on the day (one
+    # GET /projects/:id each, and its upstream for a fork): needed by the collaborate and
+    # start_shared_session metrics (renku_metrics.core.ownership). Off: they report nobody.
+    project_ownership: bool = False
 
     def validate(self, where: str) -> None:
         validate_base_url(self.url, f"{where}.url")
@@ -586,3 +591,57 @@ class Source:
             coverage_note=note,
             stats=stats,
         )
+
+    # -- project ownership (renku_metrics.core.ownership) ---------------------------
+
+    def project_owners(self, project_ids: list[str]) -> dict[str, ProjectRecord | None]:
+        """Owner, upstream and visibility of each project (None: GitLab answers 404, e.g. deleted).
+
+        The owner is the namespace's user for a project in a personal namespace
+        (``namespace.kind`` "user", ``owner.id``), else the project's creator
+        (``creator_id``): a group has no single owner, and its members' roles change
+        over time. The GitLab user becomes the user key events use (the Keycloak
+        identity's md5, or ``gitlab:<id>``). Only ids are kept: never a path or name.
+        Without ``project_ownership`` in the settings, nothing is looked up and every
+        project is unknown.
+        """
+        if not self.settings.project_ownership:
+            return {p: None for p in project_ids}
+        out: dict[str, ProjectRecord | None] = {}
+        for project_id in project_ids:
+            if not str(project_id).isdigit():
+                out[project_id] = None  # not a GitLab project id
+                continue
+            record = self.client.get_json(f"/api/v4/projects/{project_id}", expect=dict, not_found_ok=True)
+            out[project_id] = self._project_record(str(project_id), record) if record is not None else None
+        return out
+
+    def _project_record(self, project_id: str, record: Mapping[str, Any]) -> ProjectRecord:
+        namespace = record.get("namespace") if isinstance(record.get("namespace"), Mapping) else {}
+        owner = record.get("owner") if isinstance(record.get("owner"), Mapping) else {}
+        owner_id = owner.get("id") if namespace.get("kind") == "user" else record.get("creator_id")
+        fork = record.get("forked_from_project")
+        upstream = fork.get("id") if isinstance(fork, Mapping) and _is_int(fork.get("id")) else None
+        visibility = record.get("visibility")
+        return ProjectRecord(
+            project_id=project_id,
+            owner=self._owner_key(owner_id) if _is_int(owner_id) else None,
+            forked_from=str(upstream) if upstream is not None else None,
+            visibility=visibility if visibility in VISIBILITIES else None,
+        )
+
+    def _owner_key(self, gitlab_user_id: int) -> str:
+        """The user key of a project owner, as ``_author`` maps a pusher (``gitlab:<id>`` when unmapped)."""
+        try:
+            user = self._user(gitlab_user_id)
+        except HttpError:
+            return gitlab_user_key(gitlab_user_id)
+        for identity in user.get("identities") or []:
+            if (
+                isinstance(identity, Mapping)
+                and identity.get("provider") == self.settings.identity_provider
+                and isinstance(identity.get("extern_uid"), str)
+                and identity["extern_uid"].strip()
+            ):
+                return pseudonymize_user(identity["extern_uid"].strip())
+        return gitlab_user_key(gitlab_user_id)

@@ -43,7 +43,8 @@ import pyarrow as pa
 from renku_metrics.core.activity import DeploymentActivity
 from renku_metrics.core.catalog import Catalog
 from renku_metrics.core.config import Deployment
-from renku_metrics.core.events import ACTIONS, ALL_DEPLOYMENTS
+from renku_metrics.core.events import ALL_DEPLOYMENTS
+from renku_metrics.core.events import KNOWN_ACTIONS as ACTIONS  # the bit order of action_days (activity.py)
 from renku_metrics.core.layout import membership_key, membership_of_key, membership_prefix, metrics_key
 from renku_metrics.core.periods import PERIOD_SUFFIX, Period, period_bounds, week_start
 from renku_metrics.core.sources.groups import MEMBERSHIP_COLUMNS, Directory, directory_for, extract_membership

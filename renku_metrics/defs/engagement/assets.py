@@ -5,7 +5,9 @@
 * ``stickiness_monthly``: mean weekly (and daily) active users over the month's
   active users;
 * ``retention_weekly``: partitioned by cohort week W, the share of the users
-  first seen in W who were active in each of W+1 .. W+8.
+  first seen in W who were active in each of W+1 .. W+8;
+* ``activation_weekly``: partitioned by cohort week W, the share of the users
+  first seen in W who did a core action within 7 and within 28 days.
 
 Definitions are in ``renku_metrics.core.engagement`` and docs/engagement.md. Each
 period is one Parquet object under ``metrics/<asset>/period=YYYY-MM-DD/``,
@@ -42,9 +44,11 @@ from renku_metrics.core.config import MetricsConfig
 from renku_metrics.core.layout import metrics_key
 from renku_metrics.defs.clock import run_now
 from renku_metrics.defs.engagement.checks import (
+    ACTIVATION_CHECKS,
     LIFECYCLE_CHECKS,
     RETENTION_CHECKS,
     STICKINESS_CHECKS,
+    check_activation,
     check_lifecycle,
     check_retention,
     check_stickiness,
@@ -58,6 +62,7 @@ GROUP = "engagement"
 LIFECYCLE = {"week": "lifecycle_weekly", "month": "lifecycle_monthly"}
 STICKINESS = "stickiness_monthly"
 RETENTION = "retention_weekly"
+ACTIVATION = "activation_weekly"
 
 _UNITS = {
     "week": "ISO week (Monday 00:00 UTC to Monday 00:00 UTC, key = the Monday)",
@@ -153,6 +158,36 @@ def headline_retention(frame: pd.DataFrame, weeks: int = engagement.RETENTION_WE
         meta[f"{name}/cohort_users"] = int(rows["cohort_users"].iloc[-1])
         for k in (1, weeks):
             col = engagement.retention_column(k)
+            known = rows[rows[col].notna()]
+            if not known.empty:
+                meta[f"{name}/{col}"] = float(known[col].iloc[-1])
+                meta[f"{name}/{col}_cohort"] = str(known["period_start"].iloc[-1])
+    return meta
+
+
+def markdown_activation(frame: pd.DataFrame) -> str:
+    def share(value, users) -> str:
+        return "-" if pd.isna(value) else f"{value:.0f}% ({users})"
+
+    lines = [
+        "| cohort week | deployment | cohort | core action within 7 days | within 28 days | complete |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in frame.itertuples():
+        lines.append(
+            f"| {r.period_start} | {r.deployment} | {r.cohort_users} | {share(r.activation_7d, r.activated_7d)} "
+            f"| {share(r.activation_28d, r.activated_28d)} | {_complete_cell(r)} |"
+        )
+    return "\n".join(lines)
+
+
+def headline_activation(frame: pd.DataFrame) -> dict:
+    """Cohort size of the newest cohort; 7- and 28-day activation of the newest cohorts that have them."""
+    meta = {}
+    for name, rows in frame.sort_values("period_start").groupby("deployment", sort=False):
+        meta[f"{name}/cohort_users"] = int(rows["cohort_users"].iloc[-1])
+        for n in engagement.ACTIVATION_DAYS:
+            col = engagement.activation_column(n)
             known = rows[rows[col].notna()]
             if not known.empty:
                 meta[f"{name}/{col}"] = float(known[col].iloc[-1])
@@ -329,7 +364,36 @@ def build_engagement_assets(config: MetricsConfig) -> dict[str, list[AssetsDefin
         headline=lambda frame, last: headline_retention(frame),
         refresh_before=weeks,
     )
+    longest = max(engagement.ACTIVATION_DAYS)
+    activation_asset = _build(
+        config,
+        ACTIVATION,
+        "week",
+        description=(
+            "Activation of new users per deployment, partitioned by cohort week W (ISO week, key = the Monday), "
+            "plus the `all` rollup. cohort_users = users whose first event ever in the extracted history falls "
+            "in W; activated_7d / activated_28d = how many of them did a core action (commit, dataset creation, "
+            "workflow run, session start; not a login) on one of the 7 / 28 days starting with the day they were "
+            "first seen, activation_7d / activation_28d the same as a percentage of the cohort. Each is null "
+            f"until 7 / 28 days after W has ended; `complete` is false until {longest} days after W has ended "
+            "(observed_until) with all of those days extracted in full and history_complete holds. In `all`, a "
+            "user is new when first seen on any deployment, and a core action on any deployment counts. "
+            "Columns: deployment, period, period_start, period_end, cohort_users, activated_7d, activated_28d, "
+            "activation_7d, activation_28d, observed_until, history_weeks, history_complete, complete, "
+            "coverage_note, computed_at. Reads first seen and the core-action days of the user weeks W..W+4 from "
+            "the derived state under state/ (kept current from raw events at every run); the dependency on raw "
+            f"events is declared only for W's days. A run for weeks [a, b] also recomputes the 4 cohorts before "
+            f"a, whose windows have run on since, and records their materializations. {history_flag} "
+            f"{_COMMON_BLIND}"
+        ),
+        checks=ACTIVATION_CHECKS,
+        compute=lambda storage, starts, now: engagement.activation(storage, deployments, starts, now),
+        evaluate=check_activation,
+        markdown=markdown_activation,
+        headline=lambda frame, last: headline_activation(frame),
+        refresh_before=longest // 7,
+    )
     return {
-        "week": [lifecycle_assets["week"], retention_asset],
+        "week": [lifecycle_assets["week"], retention_asset, activation_asset],
         "month": [lifecycle_assets["month"], stickiness_asset],
     }

@@ -1,5 +1,7 @@
 """Blocking checks of the engagement views (plain pandas over the computed rows)."""
 
+import datetime as dt
+
 import pandas as pd
 from dagster import MetadataValue
 
@@ -36,6 +38,16 @@ RETENTION_CHECKS = {
     "retained_within_cohort": (
         "0 <= retained users <= cohort users in every later week; values are null exactly for the weeks "
         "that have not ended yet.",
+        True,
+    ),
+    _ONE_ROW[0]: _ONE_ROW[1:],
+    _PRESENT[0]: _PRESENT[1:],
+}
+
+ACTIVATION_CHECKS = {
+    "activated_within_cohort": (
+        "0 <= users activated within 7 days <= within 28 days <= cohort users; values are null exactly while "
+        "the window has not ended for the whole cohort (7 or 28 days after the cohort week).",
         True,
     ),
     _ONE_ROW[0]: _ONE_ROW[1:],
@@ -105,6 +117,26 @@ def check_retention(
         bad |= value.isna() == observed
     return {
         "retained_within_cohort": (not bad.any(), {"violating_rows": int(bad.sum())}),
+        "one_row_per_key": _one_row(frame),
+        "deployments_present": _deployments_present(frame, config),
+    }
+
+
+def check_activation(frame: pd.DataFrame, config: MetricsConfig) -> dict[str, tuple[bool, dict]]:
+    # A window's values are null exactly until the run's day (computed_at) reaches its end.
+    today = frame["computed_at"].iloc[0].date() if len(frame) else None
+    bad = pd.Series(False, index=frame.index)
+    previous = None
+    for n in engagement.ACTIVATION_DAYS:
+        value = frame[engagement.activated_column(n)]
+        observed = frame["period_end"].map(lambda end, n=n: today >= end + dt.timedelta(days=n))
+        bad |= value.notna() & ((value < 0) | (value > frame["cohort_users"])).fillna(False).astype(bool)
+        if previous is not None:
+            bad |= (value.notna() & previous.notna() & (previous > value)).fillna(False).astype(bool)
+        bad |= value.isna() == observed
+        previous = value
+    return {
+        "activated_within_cohort": (not bad.any(), {"violating_rows": int(bad.sum())}),
         "one_row_per_key": _one_row(frame),
         "deployments_present": _deployments_present(frame, config),
     }

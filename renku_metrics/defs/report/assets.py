@@ -32,11 +32,19 @@ from dagster import (
     sensor,
 )
 
-from renku_metrics.core.charts import latest_complete, png_bytes, report_charts, target_chart
+from renku_metrics.core.charts import (
+    activation_chart,
+    last_periods,
+    latest_complete,
+    png_bytes,
+    report_charts,
+    target_chart,
+)
 from renku_metrics.core.layout import report_key
-from renku_metrics.core.readers import read_metrics, read_releases, read_target_status
+from renku_metrics.core.readers import read_activation, read_metrics, read_releases, read_target_status
 from renku_metrics.core.value.targets import latest_evaluation, targets_markdown
 from renku_metrics.defs.aggregates.assets import markdown_core
+from renku_metrics.defs.engagement.assets import markdown_activation
 from renku_metrics.defs.keys import OWNERS, core_actions_name
 from renku_metrics.defs.metadata import markdown_table
 from renku_metrics.defs.resources import MetricsStorageResource
@@ -52,6 +60,7 @@ _CAPTIONS = {
     "weekly_users": "Distinct users per core action, per deployment, last 52 weeks",
     "monthly_share": "Share of active users per core action, per deployment, all months",
     "monthly_users": "Distinct users per core action, per deployment, all months",
+    "weekly_activation": "New users who did a core action within 7 and 28 days, per cohort week, last 52 weeks",
 }
 
 
@@ -87,8 +96,10 @@ def build_report(
     monthly: pd.DataFrame,
     targets: pd.DataFrame | None = None,
     releases: pd.DataFrame | None = None,
+    activation: pd.DataFrame | None = None,
 ) -> tuple[str, dict[str, bytes], dict]:
-    """(markdown of the tables, PNG per chart name, metadata: the tables and the headline numbers)."""
+    """(markdown of the tables, PNG per chart name, metadata: the tables and the headline numbers).
+    ``activation``: rows of ``read_activation``, charted over the last 52 cohort weeks when given."""
     parts, meta = ["# Renku metrics report", ""], {}
     for label, frame in (("week", weekly), ("month", monthly)):
         start = latest_complete(frame)
@@ -108,7 +119,27 @@ def build_report(
         parts += lines
         charts.update(target_charts)
         meta.update(target_meta)
+    if activation is not None and not activation.empty:
+        parts += _activation_section(activation, meta)
+        recent = last_periods(activation, WEEKS_CHARTED)
+        charts["weekly_activation"] = png_bytes(activation_chart(recent, _CAPTIONS["weekly_activation"]))
     return "\n".join(parts), charts, meta
+
+
+def _activation_section(activation: pd.DataFrame, meta: dict) -> list[str]:
+    """The latest complete activation cohort as a table (and its numbers in ``meta``)."""
+    start = latest_complete(activation)
+    if start is None:
+        meta["latest_complete_activation_cohort"] = MetadataValue.null()
+        return ["No complete activation cohort yet (a cohort is final 28 days after its week).", ""]
+    rows = activation[activation["period_start"] == start]
+    meta["latest_complete_activation_cohort"] = str(start)
+    for r in rows.itertuples():
+        for n in (7, 28):
+            value = getattr(r, f"activation_{n}d")
+            if not pd.isna(value):
+                meta[f"activation/{r.deployment}/within_{n}d_pct"] = float(value)
+    return [f"## Latest complete activation cohort: {start}", "", markdown_activation(rows), ""]
 
 
 def _embedded(name: str, png: bytes) -> str:
@@ -130,7 +161,9 @@ def build_report_asset() -> AssetsDefinition:
             "line), and the latest complete week's numbers as metadata "
             "(`week/<deployment>/<metric>/pct`, `.../users`, `week/<deployment>/active_users`), which the Plots "
             "tab draws week by week; the targets: each target's latest status with value vs expected, deadline "
-            "and weeks left, and a chart per group target (value, expected path, goal line). Also written to `reports/metrics_report/` in the storage root (report.md and "
+            "and weeks left, and a chart per group target (value, expected path, goal line); the share of each "
+            "week's new users who did a core action within 7 and 28 days (`activation_weekly`, its latest complete "
+            "cohort as a table and a chart). Also written to `reports/metrics_report/` in the storage root (report.md and "
             "one PNG per chart). Refreshed by `metrics_report_sensor` after the weekly or monthly aggregates "
             "or target_status change. Cannot see: anything the aggregates cannot (see `core_actions_weekly`); periods not yet "
             "aggregated."
@@ -147,7 +180,11 @@ def build_report_asset() -> AssetsDefinition:
             )
         # Releases (the releases asset's table, when it exists) are marked on every chart.
         text, charts, meta = build_report(
-            weekly, monthly, read_target_status(storage=storage), read_releases(storage=storage)
+            weekly,
+            monthly,
+            read_target_status(storage=storage),
+            read_releases(storage=storage),
+            activation=read_activation(storage=storage),
         )
         for name, png in charts.items():
             storage.write_bytes(report_key(NAME, f"{name}.png"), png)
