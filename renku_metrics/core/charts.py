@@ -235,6 +235,7 @@ def target_chart(rows: pd.DataFrame, title: str, releases: pd.DataFrame | None =
     fig.suptitle(title, fontsize=11)
     fig.autofmt_xdate()
     fig.tight_layout()
+    return fig
 
 
 def activation_chart(frame: pd.DataFrame, title: str) -> Figure:
