@@ -10,6 +10,7 @@ from dagster import DagsterInstance
 
 from renku_metrics.core.config import load_config
 from renku_metrics.core.layout import metrics_key
+from renku_metrics.core.publication import publish_period
 from renku_metrics.core.readers import read_release_impact, read_releases
 from renku_metrics.core.storage import open_storage
 from renku_metrics.definitions import build_defs
@@ -23,7 +24,8 @@ QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 
 
 def write_weekly(storage, deployment: str, sessions: list[int], active: list[int]) -> None:
-    """core_actions_weekly files as the aggregates write them: one per week."""
+    """active_users_weekly and core_actions_weekly as the aggregates write them: one pair per week,
+    published together (a reader accepts a period only when both tables hold it)."""
     for i, (users, act) in enumerate(zip(sessions, active, strict=True)):
         start = MONDAY + dt.timedelta(weeks=i)
         frame = pd.DataFrame(
@@ -43,7 +45,19 @@ def write_weekly(storage, deployment: str, sessions: list[int], active: list[int
                 "computed_at": pd.Timestamp("2025-06-01", tz="UTC"),
             }
         )
-        storage.write_frame(metrics_key("core_actions_weekly", start), frame)
+        active_users = pd.DataFrame(
+            {
+                "deployment": [deployment],
+                "period": "week",
+                "period_start": [start],
+                "period_end": [start + dt.timedelta(days=6)],
+                "active_users": [act],
+                "complete": True,
+                "coverage_note": None,
+                "computed_at": pd.Timestamp("2025-06-01", tz="UTC"),
+            }
+        )
+        publish_period(storage, "week", start, active_users, frame)
 
 
 def write_groups(storage, deployment: str) -> None:
