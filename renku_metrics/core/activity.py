@@ -96,10 +96,14 @@ FIRST_SEEN_SCHEMA = pa.schema(
 DayRecord = tuple[str, bool, list[str]]
 
 
-def duckdb_memory_limit() -> str:
-    """DuckDB's memory cap: $RENKU_METRICS_DUCKDB_MEMORY_LIMIT, else the aggregates' default."""
-    from renku_metrics.core.aggregate import DEFAULT_DUCKDB_MEMORY_LIMIT, DUCKDB_MEMORY_ENV
+# DuckDB's memory cap for a range computation here and in the aggregates (spilling to a
+# temporary directory beyond it); RENKU_METRICS_DUCKDB_MEMORY_LIMIT overrides it ("1.5GB").
+DUCKDB_MEMORY_ENV = "RENKU_METRICS_DUCKDB_MEMORY_LIMIT"
+DEFAULT_DUCKDB_MEMORY_LIMIT = "1.2GB"
 
+
+def duckdb_memory_limit() -> str:
+    """DuckDB's memory cap: $RENKU_METRICS_DUCKDB_MEMORY_LIMIT, else the default."""
     return os.environ.get(DUCKDB_MEMORY_ENV) or DEFAULT_DUCKDB_MEMORY_LIMIT
 
 

@@ -33,6 +33,8 @@ import duckdb
 import pandas as pd
 
 from renku_metrics.core.activity import (
+    DEFAULT_DUCKDB_MEMORY_LIMIT,
+    DUCKDB_MEMORY_ENV,
     USER_ACTION_DAYS_SQL,
     USER_CORE_DAYS_SQL,
     USER_DAYS_SQL,
@@ -90,11 +92,6 @@ WHERE r.p IN (SELECT period_start FROM targets)
   AND EXISTS (SELECT 1 FROM excluded x WHERE x.deployment = r.deployment AND x.user_id = r.user_id)
 GROUP BY ALL
 """
-
-# DuckDB's memory cap for a range computation (spilling to a temporary directory
-# beyond it); RENKU_METRICS_DUCKDB_MEMORY_LIMIT overrides it (DuckDB syntax: "1.5GB").
-DUCKDB_MEMORY_ENV = "RENKU_METRICS_DUCKDB_MEMORY_LIMIT"
-DEFAULT_DUCKDB_MEMORY_LIMIT = "1.2GB"
 
 
 @dataclass
