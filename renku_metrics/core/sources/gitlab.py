@@ -451,14 +451,9 @@ class Source:
             return _Author(key, excluded=True)
         if user.get("bot") is True:
             return _Author(key, bot=True)
-        for identity in user.get("identities") or []:
-            if (
-                isinstance(identity, Mapping)
-                and identity.get("provider") == self.settings.identity_provider
-                and isinstance(identity.get("extern_uid"), str)
-                and identity["extern_uid"].strip()
-            ):
-                return _Author(pseudonymize_user(identity["extern_uid"].strip()), mapped=True)
+        uid = self._keycloak_uid(user)
+        if uid is not None:
+            return _Author(pseudonymize_user(uid), mapped=True)
         return _Author(key, no_identities_field="identities" not in user)
 
     def extract(self, window: TimeWindow) -> SourceResult:
@@ -636,6 +631,12 @@ class Source:
             user = self._user(gitlab_user_id)
         except HttpError:
             return gitlab_user_key(gitlab_user_id)
+        uid = self._keycloak_uid(user)
+        return pseudonymize_user(uid) if uid is not None else gitlab_user_key(gitlab_user_id)
+
+    def _keycloak_uid(self, user: Mapping) -> str | None:
+        """The Keycloak user id of a GitLab user: the ``extern_uid`` of their identity with the
+        configured provider; None when they have none (or the admin API hid identities)."""
         for identity in user.get("identities") or []:
             if (
                 isinstance(identity, Mapping)
@@ -643,5 +644,5 @@ class Source:
                 and isinstance(identity.get("extern_uid"), str)
                 and identity["extern_uid"].strip()
             ):
-                return pseudonymize_user(identity["extern_uid"].strip())
-        return gitlab_user_key(gitlab_user_id)
+                return identity["extern_uid"].strip()
+        return None
