@@ -458,3 +458,22 @@ def test_schedule_requests_the_week_just_ended_once_its_aggregates_are_stored(st
     # A week later the aggregates of 2025-03-17 are not stored yet: skipped, saying why.
     later = tick(dt.datetime(2025, 3, 24, 6, 30, tzinfo=dt.timezone.utc))
     assert not later.run_requests and "2025-03-17 are not stored yet" in later.skip_message
+
+
+def test_a_verdict_is_due_when_the_deployments_own_after_window_ends():
+    """The digest announces a verdict in the last week of the after-window that the release
+    impact itself uses: the deployment's releases.impact, not a second setting of its own."""
+    from renku_metrics.core.config import Deployment
+    from renku_metrics.core.value.digest import _verdict_due
+    from renku_metrics.core.value.releases import ImpactSettings, ReleasesConfig
+
+    def deployment(**impact) -> Deployment:
+        return Deployment("d", dt.date(2025, 1, 1), {}, releases=ReleasesConfig(impact=ImpactSettings(**impact)))
+
+    # Release week W; skipped; after-window W+1..W+4 (default): due in W+4.
+    assert _verdict_due(deployment()) == dt.timedelta(weeks=4)
+    assert _verdict_due(None) == dt.timedelta(weeks=4)  # a deployment without releases: the defaults
+    # The demo's 3 weeks a side: W+1..W+3.
+    assert _verdict_due(deployment(weeks_after=3)) == dt.timedelta(weeks=3)
+    # The release week counted in the after-window: W..W+3.
+    assert _verdict_due(deployment(skip_release_week=False)) == dt.timedelta(weeks=3)

@@ -32,6 +32,7 @@ import html
 import math
 import re
 import statistics
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import pandas as pd
@@ -41,9 +42,11 @@ from renku_metrics.core.config import Deployment
 from renku_metrics.core.coverage import coverage_for
 from renku_metrics.core.events import USER_KEY_PATTERN
 from renku_metrics.core.layout import day_of_key, is_manifest_key, metrics_key, metrics_prefix, raw_events_prefix
+from renku_metrics.core.periods import week_start
 from renku_metrics.core.readers import read_active_users, read_metrics
 from renku_metrics.core.storage import Storage
 from renku_metrics.core.value.digest_config import DigestSettings
+from renku_metrics.core.value.releases import ImpactSettings
 
 ASSET_NAME = "weekly_digest"
 NOISE_SDS = 2.0  # arrows: a change beyond this many standard deviations of recent changes
@@ -310,7 +313,14 @@ def targets_section(storage: Storage, week: dt.date, settings: DigestSettings, h
 # ---------------------------------------------------------------------------- releases
 
 
-def releases_section(storage: Storage, week: dt.date, settings: DigestSettings) -> Section:
+def _verdict_due(deployment: Deployment | None) -> dt.timedelta:
+    """From a release's week to the last week of its after-window: the deployment's own impact
+    settings (``releases.impact`` in deployments.yaml), exactly as the release impact uses them."""
+    impact = deployment.releases.impact if deployment is not None and deployment.releases else ImpactSettings()
+    return dt.timedelta(weeks=int(impact.skip_release_week) + impact.weeks_after - 1)
+
+
+def releases_section(storage: Storage, week: dt.date, deployments: Sequence[Deployment]) -> Section:
     section = Section("Releases")
     frame = read_table_file(storage, RELEASE_IMPACT_KEY)
     if frame is None:
@@ -321,14 +331,18 @@ def releases_section(storage: Storage, week: dt.date, settings: DigestSettings) 
         return section
     if "group" in frame:
         frame = frame[frame["group"].isna()]  # the deployment-wide verdicts; per group on the asset's page
-    frame = frame.assign(release_week=pd.to_datetime(frame["release_date"]).dt.date.map(_monday))
-    due_offset = dt.timedelta(weeks=settings.release_skip_weeks + settings.release_after_weeks - 1)
-    due = frame[frame["release_week"] + due_offset == week]
+    frame = frame.assign(release_week=pd.to_datetime(frame["release_date"]).dt.date.map(week_start))
+    by_name = {d.name: d for d in deployments}
+    verdict_weeks = [
+        release_week + _verdict_due(by_name.get(str(name)))
+        for release_week, name in zip(frame["release_week"], frame["deployment"], strict=True)
+    ]
+    due = frame[[w == week for w in verdict_weeks]]
     new = frame[frame["release_week"] == week]
     for (release, deployment), rows in due.groupby(["release", "deployment"], sort=True):
         section.bullets.append(_verdict_line(str(release), str(deployment), rows))
     for (release, deployment), rows in new.groupby(["release", "deployment"], sort=True):
-        verdict_week = week + due_offset
+        verdict_week = week + _verdict_due(by_name.get(str(deployment)))
         section.bullets.append(
             f"**{_clean(release)}** went live on {_clean(deployment)} {_as_date(rows['release_date'].iloc[0])}: "
             f"its verdict comes with the digest of the week of {verdict_week}."
@@ -336,10 +350,6 @@ def releases_section(storage: Storage, week: dt.date, settings: DigestSettings) 
     if not section.bullets:
         section.paragraphs.append("No release verdict became available this week.")
     return section
-
-
-def _monday(day: dt.date) -> dt.date:
-    return day - dt.timedelta(days=day.weekday())
 
 
 def _diff_text(row) -> str:
@@ -487,8 +497,8 @@ def build_digest(
         )
     sections.append(usage)
     sections.append(targets_section(storage, week, settings, withheld_groups(storage, week)))
-    sections.append(releases_section(storage, week, settings))
-    latest_complete = _monday(today) - dt.timedelta(weeks=1)
+    sections.append(releases_section(storage, week, deployments))
+    latest_complete = week_start(today) - dt.timedelta(weeks=1)
     problems = problems_section(storage, week, deployments, active, today, check_stale=week >= latest_complete)
     sections.append(problems)
     links = []

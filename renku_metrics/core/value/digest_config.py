@@ -11,8 +11,6 @@ Keys::
     dagster_ui_url: https://metrics.example.org   # links to the asset's page (optional)
     notebook_url: https://renkulab.io/...          # the team's notebook (optional)
     deadline_near_days: 28                         # "deadline near": by-date within this many days
-    release_skip_weeks: 1                          # release impact windows (as configured for the
-    release_after_weeks: 4                         #   release_impact asset): when a verdict is due
     retry_attempts: 4                              # tries per channel and run
     retry_backoff_seconds: 2.0                     # waits 2, 4, 8 s between them (429: its Retry-After)
     channels:
@@ -86,8 +84,6 @@ class DigestFile(BaseModel):
     dagster_ui_url: _Url | None = None
     notebook_url: _Url | None = None
     deadline_near_days: Annotated[int, Field(ge=0, le=366)] = 28
-    release_skip_weeks: Annotated[int, Field(ge=0, le=8)] = 1
-    release_after_weeks: Annotated[int, Field(ge=1, le=26)] = 4
     retry_attempts: Annotated[int, Field(ge=1, le=10)] = 4
     retry_backoff_seconds: Annotated[float, Field(ge=0, le=600)] = 2.0
     channels: list[Any] | None = None
@@ -119,8 +115,6 @@ class DigestSettings:
     dagster_ui_url: str | None = None
     notebook_url: str | None = None
     deadline_near_days: int = 28
-    release_skip_weeks: int = 1
-    release_after_weeks: int = 4
     retry_attempts: int = 4
     retry_backoff_seconds: float = 2.0
     channels: tuple[Channel, ...] = field(default_factory=tuple)
@@ -173,8 +167,6 @@ def parse_digest_config(raw: Any, path: str) -> DigestSettings:
         dagster_ui_url=file.dagster_ui_url.rstrip("/") if file.dagster_ui_url else None,
         notebook_url=file.notebook_url,
         deadline_near_days=file.deadline_near_days,
-        release_skip_weeks=file.release_skip_weeks,
-        release_after_weeks=file.release_after_weeks,
         retry_attempts=file.retry_attempts,
         retry_backoff_seconds=file.retry_backoff_seconds,
         channels=channels,
